@@ -1,0 +1,21 @@
+// Python bindings for trustfast._C. Import it only after torch (it links against libtorch).
+#include <torch/extension.h>
+
+#include "masked_update.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "trustfast C++ CPU kernels";
+  m.def("masked_sgd_step", &trustfast::masked_sgd_step,
+        "Fused masked SGD update (weight decay, l1, momentum, mask) over a list of tensors",
+        py::arg("params"), py::arg("grads"), py::arg("momentum_bufs"), py::arg("masks"),
+        py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"),
+        py::arg("weight_decay"), py::arg("l1"), py::arg("l1_proximal"));
+  m.def("masked_adamw_step", &trustfast::masked_adamw_step,
+        "Fused masked AdamW update (decoupled weight decay, l1, bias correction, mask)",
+        py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+        py::arg("masks"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("l1"), py::arg("l1_proximal"),
+        py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"));
+  m.def("openmp_threads", []() { return at::get_num_threads(); },
+        "Threads the kernels use (torch.get_num_threads())");
+}

@@ -1,0 +1,5 @@
+import sys
+
+from trustfast.cli import main
+
+sys.exit(main())
