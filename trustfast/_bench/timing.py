@@ -1,0 +1,43 @@
+"""Timing and roofline helpers (median wall time with device synchronization)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 20,
+                warmup: int = 3) -> float:
+    """Median seconds of `fn()` over `repeats` synchronized calls, after `warmup` calls."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int, device: torch.device, repeats: int = 20) -> float:
+    """Bytes/s of `dst.copy_(src)` moving `nbytes` in total (nbytes / 2 read, nbytes / 2 written).
+
+    This is the floor a memory-bound kernel is compared with: the same bytes, moved by the
+    simplest possible kernel on the same device.
+    """
+    half = max(nbytes // 2, 1)
+    src = torch.empty(half, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), torch.device(device), repeats)
+    return 2 * half / seconds
