@@ -19,7 +19,10 @@ if os.environ.get("TRUSTFAST_NO_EXT", "0") != "1":
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError as exc:  # torch missing from the build environment
-        warnings.warn(f"trustfast: building without trustfast._C (torch not importable: {exc})")
+        warnings.warn(
+            f"trustfast: building without trustfast._C (torch not importable: {exc})",
+            stacklevel=1,
+        )
     else:
         # -O3 and OpenMP; no -march=native so the binary runs on any x86-64 (SSE2 baseline).
         ext_modules.append(

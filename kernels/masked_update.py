@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from trustfast.kernels._multi_tensor import block_tables, pointer_table
 
 # BLOCK=2048 with 4 warps: 16 fp32 elements per thread, four 16-byte vector accesses per array.

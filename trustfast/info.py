@@ -56,13 +56,16 @@ def info_text() -> str:
     if ext is not None:
         lines.append(f"trustfast._C  built (OpenMP threads: {ext.openmp_threads()})")
     else:
-        lines.append(f"trustfast._C  NOT built, CPU ops use the torch reference ({cpp_extension_error()})")
+        lines.append(
+            f"trustfast._C  NOT built, CPU ops use the torch reference ({cpp_extension_error()})"
+        )
     for dist in OPTIONAL_PACKAGES:
         lines.append(f"{dist:<13} {_version(dist)}")
     if _dispatch.triton_interpreted():
         lines.append("TRITON_INTERPRET=1: Triton kernels run on the CPU through the interpreter")
     forced = _dispatch.requested_backend(None)
-    lines.append(f"backend       {'forced to ' + forced + ' by TRUSTFAST_BACKEND' if forced else 'auto'}")
+    choice = f"forced to {forced} by TRUSTFAST_BACKEND" if forced else "auto"
+    lines.append(f"backend       {choice}")
     lines.append("")
     table = backend_table()
     devices = list(next(iter(table.values())).keys()) if table else ["cpu"]

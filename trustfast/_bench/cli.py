@@ -17,7 +17,9 @@ def parse_sizes(text: str) -> list[int]:
     try:
         sizes = [int(float(s)) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--sizes must be comma-separated numbers like 1e6,1e7, got {text!r}")
+        raise ValueError(
+            f"--sizes must be comma-separated numbers like 1e6,1e7, got {text!r}"
+        ) from None
     if not sizes or min(sizes) < 1:
         raise ValueError(f"--sizes must list positive parameter counts, got {text!r}")
     return sizes
@@ -25,7 +27,7 @@ def parse_sizes(text: str) -> list[int]:
 
 def measure(sizes: list[int], device: torch.device, repeats: int, backend: str | None = None,
             dtype: torch.dtype = torch.float32) -> list[dict]:
-    """One row per (op, size, variant): seconds, GB/s, % of copy bandwidth, speed-up of trustfast."""
+    """One row per (op, size, variant): ms, GB/s, % of copy bandwidth, speed-up of trustfast."""
     rows = []
     for n in sizes:
         for op, make, nbytes in (("masked_sgd_step", mu.sgd_variants, mu.sgd_bytes),

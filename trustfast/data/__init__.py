@@ -1,4 +1,4 @@
-"""Built-in datasets (no downloads): small data that ships with installed packages or is generated."""
+"""Built-in datasets (no downloads): data shipped with installed packages, or generated."""
 
 from trustfast.data.digits import digits
 

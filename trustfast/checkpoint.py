@@ -1,0 +1,62 @@
+"""Atomic checkpoints: tensors in safetensors, run state in JSON, each written to a temp file and
+renamed, so a killed run leaves either the previous checkpoint or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_json(path: str, obj: Any) -> None:
+    """Write `obj` as JSON to `path` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    _atomic_write(path, write)
+
+
+def load_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_checkpoint(folder: str, name: str, tensors: dict[str, torch.Tensor],
+                    state: dict[str, Any]) -> None:
+    """Save `tensors` to `folder/name.safetensors`, then `state` to `folder/name.json`.
+
+    The JSON is written last and marks the checkpoint complete: `load_checkpoint` ignores
+    tensors without it.
+    """
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(os.path.join(folder, f"{name}.safetensors"), lambda tmp: save_file(flat, tmp))
+    save_json(os.path.join(folder, f"{name}.json"), state)
+
+
+def load_checkpoint(folder: str, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(tensors, state) of a complete checkpoint, or None when there is none."""
+    meta = os.path.join(folder, f"{name}.json")
+    weights = os.path.join(folder, f"{name}.safetensors")
+    if not (os.path.exists(meta) and os.path.exists(weights)):
+        return None
+    return load_file(weights), load_json(meta)

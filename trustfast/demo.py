@@ -1,0 +1,169 @@
+"""`trustfast demo` (what `make demo` runs): each library section on built-in data.
+
+Sections run in order and checkpoint when done; `--resume` skips finished ones. Results go to
+`--out`: results.json ({"config", "rows"}), results.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from trustfast.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from trustfast.data import digits
+from trustfast.models import SmallCNN
+from trustfast.ops import select_backend
+from trustfast.optim import MaskedSGD
+from trustfast.sparsity import global_magnitude_masks, mask_sparsity
+
+
+def _evaluate(model: nn.Module, data) -> float:
+    model.eval()
+    with torch.no_grad():
+        x, y = data.tensors
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def _train(model, opt, loader, epochs: int, desc: str) -> list[float]:
+    losses = []
+    model.train()
+    for _ in tqdm(range(epochs), desc=desc, leave=False):
+        total, count = 0.0, 0
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        losses.append(total / count)
+    return losses
+
+
+def masked_training_section(out: str, seed: int, resume: bool) -> list[dict]:
+    """Train a small CNN on digits, prune 80 % of its weights by global magnitude, fine-tune
+    under `MaskedSGD` (momentum 0.9, l1 5e-5), and check that pruned weights stayed exactly 0."""
+    train, test = digits(seed=seed)
+    rows: list[dict] = []
+    stages = (("dense", 0.0, 8), ("pruned 80%", 0.8, 5))
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    backend = select_backend("masked_sgd_step", torch.device("cpu"))
+    curves = {}
+    for name, sparsity, epochs in stages:
+        tag = f"masked_training-{name.split()[0]}"
+        done = load_checkpoint(out, tag) if resume else None
+        if done is not None:
+            tensors, state = done
+            model.load_state_dict(tensors)
+            rows.append(state["row"])
+            curves[name] = state["losses"]
+            continue
+        masks = global_magnitude_masks(model, sparsity) if sparsity > 0 else None
+        opt = MaskedSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                        l1=5e-5 if masks else 0.0, masks=masks, module=model)
+        loader = DataLoader(train, batch_size=64, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        start = time.perf_counter()
+        losses = _train(model, opt, loader, epochs, desc=name)
+        seconds = time.perf_counter() - start
+        row = {"section": "masked_training", "stage": name, "backend": backend,
+               "sparsity_%": 100.0 * (mask_sparsity(masks) if masks else 0.0),
+               "test_acc_%": _evaluate(model, test), "epochs": epochs,
+               "final_train_loss": losses[-1], "seconds": seconds}
+        if masks:
+            weights = dict(model.named_parameters())
+            pruned = sum(int((~m).sum()) for m in masks.values())
+            still_zero = sum(int((weights[k][~m] == 0).sum()) for k, m in masks.items())
+            row["pruned_weights_exactly_zero_%"] = 100.0 * still_zero / max(pruned, 1)
+        rows.append(row)
+        curves[name] = losses
+        save_checkpoint(out, tag, model.state_dict(), {"row": row, "losses": losses})
+    _plot_losses(curves, os.path.join(out, "masked_training_loss.png"))
+    return rows
+
+
+def _plot_losses(curves: dict[str, list[float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    offset = 0
+    for name, losses in curves.items():
+        ax.plot(range(offset + 1, offset + len(losses) + 1), losses, marker="o", label=name)
+        offset += len(losses)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train cross-entropy")
+    ax.set_title("digits: dense training, then 80% pruned under MaskedSGD")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def masked_update_speed_section(out: str, seed: int, resume: bool) -> list[dict]:
+    """Time one fused masked SGD step against torch's foreach equivalent at 1M parameters."""
+    from trustfast._bench import masked_update as mu
+    from trustfast._bench.timing import median_time
+
+    device = torch.device("cpu")
+    pb = mu.make_problem(1_000_000, device, seed=seed)
+    variants = mu.sgd_variants(pb, backend=None)
+    fused = median_time(variants["trustfast fused"], device, repeats=10)
+    peer = median_time(variants["torch foreach"], device, repeats=10)
+    return [{"section": "masked_update_speed", "stage": "SGD step, 1M params, 50% mask",
+             "backend": select_backend("masked_sgd_step", device),
+             "fused_ms": fused * 1e3, "torch_foreach_ms": peer * 1e3, "speedup_x": peer / fused}]
+
+
+# Each issue adds its section here; order is the order `trustfast demo` runs them.
+SECTIONS: dict[str, Callable[[str, int, bool], list[dict]]] = {
+    "masked_training": masked_training_section,
+    "masked_update_speed": masked_update_speed_section,
+}
+
+def markdown(rows: list[dict]) -> str:
+    """One markdown table per section, with the columns its rows have."""
+    blocks = []
+    for section in dict.fromkeys(r["section"] for r in rows):
+        part = [r for r in rows if r["section"] == section]
+        cols = [c for c in dict.fromkeys(k for r in part for k in r) if c != "section"]
+        lines = [f"**{section}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in part:
+            cells = [f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                     for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def run_demo(out: str = "runs/demo", seed: int = 0, resume: bool = False) -> dict:
+    """Run every demo section, write results.json / results.md to `out`, print the table."""
+    os.makedirs(out, exist_ok=True)
+    results_path = os.path.join(out, "results.json")
+    previous = load_json(results_path) if resume and os.path.exists(results_path) else None
+    if previous is not None and previous["config"].get("seed") != seed:
+        raise ValueError(f"--resume: {out} holds a run with seed {previous['config']['seed']}, "
+                         f"not {seed}; use another --out")
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    for name, section in SECTIONS.items():
+        print(f"[trustfast demo] {name} ...", flush=True)
+        rows.extend(section(out, seed, resume))
+    result = {"config": {"seed": seed, "sections": list(SECTIONS), "torch": torch.__version__},
+              "rows": rows}
+    save_json(results_path, result)
+    table = markdown(rows)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"[trustfast demo] wrote {results_path}, results.md and plots in {out}")
+    return result

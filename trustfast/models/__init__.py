@@ -1,0 +1,5 @@
+"""Small models built from configs (no downloads), for demos and tests."""
+
+from trustfast.models.small_cnn import SmallCNN
+
+__all__ = ["SmallCNN"]
