@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	    $(PYTHON) -m venv $(VENV); \
 	  fi; \
 	fi
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel numpy
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 	  || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"

@@ -54,7 +54,6 @@ CHECK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SLACK_ULPS = 0.25
 MATMUL_N = {"cuda": 8192, "cpu": 1024, "small": 256}
 COPY_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20, "small": 16 << 20}
-SWEEP_CALLS_PER_SAMPLE = 10
 BF16_INTERPRETER = "bfloat16 is broken under the Triton interpreter; checked on a GPU only"
 
 
@@ -338,16 +337,13 @@ def block_sweep(op: str, n: int, device: torch.device, repeats: int) -> list[dic
 
     floor = copy_bandwidth(moved, device, repeats)
     default = km.INTERPRETER_BLOCK if device.type == "cpu" else km.BLOCK
-    # Back-to-back launches hide the host's launch cost behind the kernels, so the sweep
-    # compares what BLOCK changes: the kernel's own throughput.
-    calls = SWEEP_CALLS_PER_SAMPLE if device.type == "cuda" else 1
     rows, times = [], {}
     for block in BLOCKS:
         row = {"op": op, "block": block, "default": block == default, "params": n,
-               "dtype": "float32", "calls_per_sample": calls}
+               "dtype": "float32"}
         try:
-            seconds = median_time(lambda b=block: [run(b) for _ in range(calls)], device,
-                                  repeats) / calls
+            # median_time launches back to back on CUDA: the kernel's own throughput counts.
+            seconds = median_time(lambda b=block: run(b), device, repeats)
             times[block] = seconds
             row.update({"ms": seconds * 1e3, "GB/s": moved / seconds / 1e9,
                         "% of copy": 100 * moved / seconds / floor})

@@ -172,6 +172,29 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         # Kernels need contiguous tensors; a non-contiguous parameter (rare) uses the reference.
         return group["backend"] if p.is_contiguous() else "torch"
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One masked step for every param group; returns the closure's loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._gather(group)
+            if self._grads_finite(group, grads):
+                self._update_group(group, params, grads)
+        return loss
+
+    def _update_group(self, group: dict, params: list[torch.Tensor],
+                      grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError  # each optimizer's fused update
+
+    @staticmethod
+    def _check_common(lr: float, weight_decay: float, l1: float) -> None:
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         # torch casts every state tensor of a floating parameter to its dtype: restore bool masks.
@@ -215,14 +238,9 @@ class MaskedSGD(_MaskedOptimizer):
         nonfinite: str = "skip",
         backend: str | None = None,
     ):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        self._check_common(lr, weight_decay, l1)
         if momentum < 0:
             raise ValueError(f"momentum must be >= 0, got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {l1}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
@@ -230,45 +248,34 @@ class MaskedSGD(_MaskedOptimizer):
                         backend=backend)
         super().__init__(params, defaults, masks, module)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One masked SGD step for every param group; returns the closure's loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._gather(group)
-            if not self._grads_finite(group, grads):
-                continue
-            momentum = group["momentum"]
-            buckets: dict[tuple, list[int]] = {}
-            for i, p in enumerate(params):
-                state = self.state[p]
-                fresh = momentum != 0 and state.get("momentum_buffer") is None
-                if fresh:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                key = (p.device, p.dtype, fresh, self._backend_for(group, p))
-                buckets.setdefault(key, []).append(i)
-            for (_, _, fresh, backend), idx in buckets.items():
-                ps = [params[i] for i in idx]
-                masked_sgd_step(
-                    ps,
-                    [grads[i] for i in idx],
-                    [self.state[p]["momentum_buffer"] for p in ps] if momentum != 0 else None,
-                    [self.state[p].get("mask") for p in ps],
-                    lr=group["lr"],
-                    momentum=momentum,
-                    # torch.optim.SGD starts the buffer at d (no dampening): a zero buffer with
-                    # dampening 0 gives exactly that.
-                    dampening=0.0 if fresh else group["dampening"],
-                    nesterov=group["nesterov"],
-                    weight_decay=group["weight_decay"],
-                    l1=group["l1"],
-                    l1_mode=group["l1_mode"],
-                    backend=backend,
-                )
-        return loss
+    def _update_group(self, group, params, grads):
+        momentum = group["momentum"]
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            state = self.state[p]
+            fresh = momentum != 0 and state.get("momentum_buffer") is None
+            if fresh:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            key = (p.device, p.dtype, fresh, self._backend_for(group, p))
+            buckets.setdefault(key, []).append(i)
+        for (_, _, fresh, backend), idx in buckets.items():
+            ps = [params[i] for i in idx]
+            masked_sgd_step(
+                ps,
+                [grads[i] for i in idx],
+                [self.state[p]["momentum_buffer"] for p in ps] if momentum != 0 else None,
+                [self.state[p].get("mask") for p in ps],
+                lr=group["lr"],
+                momentum=momentum,
+                # torch.optim.SGD starts the buffer at d (no dampening): a zero buffer with
+                # dampening 0 gives exactly that.
+                dampening=0.0 if fresh else group["dampening"],
+                nesterov=group["nesterov"],
+                weight_decay=group["weight_decay"],
+                l1=group["l1"],
+                l1_mode=group["l1_mode"],
+                backend=backend,
+            )
 
 
 class MaskedAdamW(_MaskedOptimizer):
@@ -299,58 +306,42 @@ class MaskedAdamW(_MaskedOptimizer):
         nonfinite: str = "skip",
         backend: str | None = None,
     ):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        self._check_common(lr, weight_decay, l1)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {l1}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
                         l1_mode=l1_mode, nonfinite=nonfinite, backend=backend)
         super().__init__(params, defaults, masks, module)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One masked AdamW step for every param group; returns the closure's loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._gather(group)
-            if not self._grads_finite(group, grads):
-                continue
-            buckets: dict[tuple, list[int]] = {}
-            for i, p in enumerate(params):
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                key = (p.device, p.dtype, int(state["step"].item()), self._backend_for(group, p))
-                buckets.setdefault(key, []).append(i)
-            beta1, beta2 = group["betas"]
-            for (_, _, step, backend), idx in buckets.items():
-                ps = [params[i] for i in idx]
-                masked_adamw_step(
-                    ps,
-                    [grads[i] for i in idx],
-                    [self.state[p]["exp_avg"] for p in ps],
-                    [self.state[p]["exp_avg_sq"] for p in ps],
-                    [self.state[p].get("mask") for p in ps],
-                    step=step,
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    l1=group["l1"],
-                    l1_mode=group["l1_mode"],
-                    backend=backend,
-                )
-        return loss
+    def _update_group(self, group, params, grads):
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            key = (p.device, p.dtype, int(state["step"].item()), self._backend_for(group, p))
+            buckets.setdefault(key, []).append(i)
+        beta1, beta2 = group["betas"]
+        for (_, _, step, backend), idx in buckets.items():
+            ps = [params[i] for i in idx]
+            masked_adamw_step(
+                ps,
+                [grads[i] for i in idx],
+                [self.state[p]["exp_avg"] for p in ps],
+                [self.state[p]["exp_avg_sq"] for p in ps],
+                [self.state[p].get("mask") for p in ps],
+                step=step,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                l1=group["l1"],
+                l1_mode=group["l1_mode"],
+                backend=backend,
+            )
