@@ -37,12 +37,14 @@ if os.environ.get("TRUSTFAST_NO_EXT", "0") != "1":
         class OptionalBuildExtension(BuildExtension):
             """Build `_C` if the toolchain allows; otherwise warn and install without it."""
 
-            def build_extension(self, ext):
+            def run(self):
+                # torch checks the compiler (ABI, version) before building anything, so a
+                # missing compiler fails here rather than in build_extension.
                 try:
-                    super().build_extension(ext)
+                    super().run()
                 except Exception as exc:  # compiler missing or failing: fall back to torch ops
                     sys.stderr.write(
-                        f"\ntrustfast: WARNING: could not build {ext.name} ({exc}); "
+                        f"\ntrustfast: WARNING: could not build trustfast._C ({exc}); "
                         "CPU ops will use the torch reference backend.\n\n"
                     )
 
