@@ -43,15 +43,22 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert pruned["pruned_weights_exactly_zero_%"] == 100.0
     speed = rows[("masked_update_speed", "SGD step, 1M params, 50% mask")]
     assert speed["fused_ms"] > 0 and speed["torch_foreach_ms"] > 0
-    for name in ("results.md", "masked_training_loss.png"):
+    ridge = rows[("bilevel", "ridge penalty (implicit, CG)")]
+    assert ridge["hypergrad_rel_error"] < 1e-5
+    assert ridge["val_loss_end"] < ridge["val_loss_start"]
+    cleaning = rows[("bilevel", "hyper-cleaning digits, 30% flipped")]
+    assert cleaning["f1_flipped"] >= 0.8
+    assert cleaning["test_acc_cleaned_%"] > cleaning["test_acc_noisy_%"]
+    for name in ("results.md", "masked_training_loss.png", "bilevel.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
     # --resume reuses the finished checkpoints: same training rows, no retraining
     capsys.readouterr()
     main(["demo", "--out", out, "--resume"])
     again = json.load(open(os.path.join(out, "results.json")))
-    assert [r for r in again["rows"] if r["section"] == "masked_training"] == [
-        r for r in result["rows"] if r["section"] == "masked_training"]
+    for section in ("masked_training", "bilevel"):
+        assert [r for r in again["rows"] if r["section"] == section] == [
+            r for r in result["rows"] if r["section"] == section]
     with pytest.raises(ValueError, match="seed 0, not 1"):
         main(["demo", "--out", out, "--resume", "--seed", "1"])
 
