@@ -1,6 +1,6 @@
 """One command for a CUDA machine: ceilings, correctness at real shapes, then timings.
 
-    python benchmarks/gpu_suite.py                 # ceilings, checks, timings, BLOCK sweep
+    python benchmarks/gpu_suite.py                 # ceilings, checks, timings, HVP, BLOCK sweep
     python benchmarks/gpu_suite.py --check         # checks only (bf16/fp16 at real shapes)
     python benchmarks/gpu_suite.py --device cpu --check --small   # dry run, Triton interpreter
 
@@ -16,6 +16,14 @@ copies of the same low-precision inputs) is at most twice the error of the torch
 the kernel's precision, plus a quarter of an ulp at the array's largest value (STYLE.md: "at most
 twice the error of the PyTorch baseline"), and when masked-out weights and optimizer state are
 exactly 0.
+
+The HVP sections (`trustfast._bench.hvp`: an MLP, a CNN with BatchNorm in eval mode, a
+transformer block) check in float32, TF32 off, that fwd_rev / rev_rev (single and batched) agree
+with `torch.autograd.functional.hvp` to a relative L2 difference of 1e-4 (`hvp_checks`, also run
+by --check), then time every mode against that peer and one gradient (`hvp_timings`). They are
+not captured in CUDA graphs: a capture that fails can leave the CUDA context unusable for the
+sections after it, and the CPU dry run cannot exercise capture, so it would first be tried on a
+loan.
 """
 
 from __future__ import annotations
@@ -371,7 +379,8 @@ class Suite:
         self.start = time.monotonic()
         self.deadline = self.start + budget_s
         self.report: dict = {"config": config, "machine": {}, "ceilings": [], "checks": [],
-                             "timings": [], "block_sweep": [], "errors": []}
+                             "timings": [], "block_sweep": [], "hvp_checks": [],
+                             "hvp_timings": [], "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -411,8 +420,9 @@ class Suite:
               flush=True)
 
     def failed(self) -> bool:
-        rows = [r for key in ("ceilings", "checks", "timings", "block_sweep")
-                for r in self.report[key]]
+        rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
+                              "hvp_timings")
+                for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
     def save(self) -> None:
@@ -456,7 +466,7 @@ def _worst_array(arrays: dict) -> tuple[str, dict]:
 
 
 def markdown_table(report: dict) -> str:
-    """Every section in one table: ceilings, checks, timings, BLOCK sweep."""
+    """Every section in one table: ceilings, checks, timings, HVP, BLOCK sweep."""
     head = ("| section | item | dtype | size | ms | rate | % of floor | trustfast speed-up "
             "| detail | status |")
     lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
@@ -489,6 +499,27 @@ def markdown_table(report: dict) -> str:
         add("timing", item, r.get("dtype", ""), f"{r.get('params', 0):.0e}", r.get("ms"),
             f"{r['GB/s']:.4g} GB/s" if "GB/s" in r else "", r.get("% of copy"),
             r.get("trustfast speed-up"), status=_status(r))
+    for r in report.get("hvp_checks", []):
+        detail = ""
+        if "rel_diff_vs_peer" in r:
+            detail = (f"rel diff vs torch hvp {r['rel_diff_vs_peer']:.1e} (tol {r['rtol']:.0e}); "
+                      f"err vs float64 {r['rel_err_vs_float64']:.1e} "
+                      f"(torch {r['peer_rel_err_vs_float64']:.1e})")
+            if "note" in r:
+                detail += f"; {r['note']}"
+        add("check", r.get("case", ""), r.get("dtype", ""), f"{r.get('numel', 0):.2e}",
+            detail=detail, status=_status(r))
+    for r in report.get("hvp_timings", []):
+        item = f"hvp {r.get('workload', '')}" + (f": {r['variant']}" if "variant" in r else "")
+        detail = ""
+        if "x gradient" in r:
+            detail = f"{r['x gradient']:.2f}x one gradient"
+            if "x single hvp" in r:
+                detail += f", {r['x single hvp']:.2f}x one product of its mode"
+            if "note" in r:
+                detail += f"; {r['note']}"
+        add("hvp timing", item, r.get("dtype", ""), f"{r.get('params', 0):.2e}", r.get("ms"),
+            speedup=r.get("speed-up vs torch hvp"), detail=detail, status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -525,6 +556,7 @@ def machine_info(device: torch.device) -> dict:
 
 def run_suite(args: argparse.Namespace) -> int:
     """Ceilings (seconds), then checks (a wrong kernel makes its timing moot), then timings."""
+    from trustfast._bench import hvp as hvp_bench
     from trustfast._bench.cli import measure, parse_sizes
 
     device = torch.device(args.device)
@@ -539,7 +571,8 @@ def run_suite(args: argparse.Namespace) -> int:
     config = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "device": str(device), "check_only": args.check, "small": args.small,
               "sizes": sizes, "repeats": repeats, "check_shapes": shapes,
-              "budget_s": args.budget_s}
+              "budget_s": args.budget_s, "hvp_workloads": {
+                  w: hvp_bench.SIZES[w][args.small] for w in hvp_bench.WORKLOADS}}
     suite = Suite(Path(args.out), config, device, args.budget_s)
     try:
         suite.report["machine"] = machine_info(device)
@@ -573,6 +606,9 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("checks", f"check {case.name} BLOCK={block}", lambda c=case, b=block:
                       check_case(c, torch.float32, shapes, device, kernel_step(b),
                                  all_masked=True), meta)
+    for w in hvp_bench.WORKLOADS:
+        suite.run("hvp_checks", f"check hvp {w}", lambda w=w: hvp_bench.check(
+            w, device, small=args.small), {"case": f"hvp {w}", "workload": w, "dtype": "float32"})
 
     if not args.check:
         runs = [(n, torch.float32) for n in sizes] + [(max(sizes), torch.bfloat16)]
@@ -584,6 +620,15 @@ def run_suite(args: argparse.Namespace) -> int:
                 continue
             suite.run("timings", label, lambda n=n, d=dtype: measure(
                 [n], device, repeats, backend="triton", dtype=d), meta)
+        # Before the BLOCK sweep (a tuning aid): with a tight budget the HVP figures come first.
+        tf32 = {}  # timed with torch's defaults (TF32 convolutions on): what users run
+        if device.type == "cuda":
+            tf32 = {"cudnn_tf32": torch.backends.cudnn.allow_tf32,
+                    "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+        for w in hvp_bench.WORKLOADS:
+            suite.run("hvp_timings", f"hvp timing {w}", lambda w=w: hvp_bench.measure(
+                device, min(repeats, 10), small=args.small, workloads=(w,)),
+                {"workload": w, "dtype": "float32", **tf32})
         for op in ("masked_sgd_step", "masked_adamw_step"):
             suite.run("block_sweep", f"BLOCK sweep {op} {max(sizes):.0e}",
                       lambda op=op: block_sweep(op, max(sizes), device, repeats),

@@ -1,7 +1,12 @@
-"""Turn a pytest-benchmark JSON of `benchmarks/test_bench_*.py` into a ratio table.
+"""Turn a pytest-benchmark JSON of `benchmarks/test_bench_*.py` into ratio tables.
 
-For each group (op and size): median ms of every variant, GB/s counted on the bytes the fused op
-must move, % of the copy floor measured in the same run, and the speed-up of trustfast over it.
+Masked update (one group per op and size): median ms of every variant, GB/s counted on the bytes
+the fused op must move, % of the copy floor measured in the same run, and the speed-up of
+trustfast over it.
+HVP (groups "hvp <workload>"): median ms of every variant, its ratio to one gradient, for
+batched rows its ratio to one product of the same mode, and the speed-up per product over
+`torch.autograd.functional.hvp`.
+A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
 
@@ -13,18 +18,13 @@ from collections import defaultdict
 
 FUSED = "trustfast fused"
 FLOOR = "copy of the same bytes (floor)"
+HVP_PREFIX = "hvp "
+GRADIENT = "gradient"
+HVP_PEER = "torch.autograd.functional.hvp"
 
 
-def report(path: str) -> str:
-    with open(path) as f:
-        data = json.load(f)
-    groups: dict[str, dict[str, dict]] = defaultdict(dict)
-    for b in data["benchmarks"]:
-        groups[b["group"]][b["extra_info"]["variant"]] = b
+def masked_update_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     lines = [
-        f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-        f"date {data['datetime'][:10]}",
-        "",
         "| op | params | variant | median ms | GB/s | % of copy | trustfast speed-up |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
@@ -42,6 +42,52 @@ def report(path: str) -> str:
                 f"| {info['op']} | {info['params']:.0e} | {name} | {med * 1e3:.2f} | {gbs:.1f} | "
                 f"{pct} | {med / fused:.2f}x |"
             )
+    return lines
+
+
+def hvp_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Ratios need the gradient / peer / single-mode rows of the same group; '' where absent."""
+    lines = [
+        "| workload | params | variant | median ms | x gradient | x single HVP "
+        "| speed-up vs torch.autograd.functional.hvp (per product) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for group, variants in groups.items():
+        med = {name: b["stats"]["median"] for name, b in variants.items()}
+        for name, b in variants.items():
+            info = b["extra_info"]
+            products = info.get("products", 1)
+            single = info.get("single_variant")
+            x_grad = f"{med[name] / med[GRADIENT]:.2f}x" if GRADIENT in med else ""
+            x_single = f"{med[name] / med[single]:.2f}x" if single in med else ""
+            speedup = (f"{med[HVP_PEER] * products / med[name]:.2f}x"
+                       if products and HVP_PEER in med else "")
+            lines.append(
+                f"| {info.get('workload', group.removeprefix(HVP_PREFIX))} | "
+                f"{info.get('params', 0):.2e} | {name} | {med[name] * 1e3:.2f} | {x_grad} | "
+                f"{x_single} | {speedup} |"
+            )
+    return lines
+
+
+def report(path: str) -> str:
+    with open(path) as f:
+        data = json.load(f)
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        groups[b["group"]][b["extra_info"]["variant"]] = b
+    hvp = {g: v for g, v in groups.items() if g.startswith(HVP_PREFIX)}
+    masked = {g: v for g, v in groups.items() if g not in hvp}
+    lines = [
+        f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
+        f"date {data['datetime'][:10]}",
+    ]
+    if any(FUSED in v for v in masked.values()):
+        lines += ["", *masked_update_table(masked)]
+    if hvp:
+        lines += ["", *hvp_table(hvp)]
+    if len(lines) == 1:
+        lines += ["", "no masked-update or hvp groups in this file"]
     return "\n".join(lines)
 
 

@@ -61,6 +61,9 @@ def _is_missing_forward_ad(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, NotImplementedError)) and (
         "forward ad" in text or "forward-mode" in text or "jvp" in text
         or ("not implemented" in text and "forward" in text)
+        # torch 2.13: forward-over-reverse through F.mse_loss(reduction="mean") writes into a
+        # ZeroTensor tangent; reverse-over-reverse is unaffected.
+        or "zerotensors are immutable" in text
     )
 
 
@@ -70,7 +73,7 @@ def _warn_fallback(exc: BaseException) -> None:
         from trustfast import TrustfastWarning
 
         warnings.warn(
-            "hvp: forward-mode AD is not implemented for an op in f "
+            "hvp: forward-mode AD is unavailable for an op in f "
             f"({str(exc).splitlines()[0][:160]}); using mode='rev_rev' instead (warned once)",
             TrustfastWarning, stacklevel=3,
         )

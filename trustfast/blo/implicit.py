@@ -76,7 +76,8 @@ def implicit_grad(
 
     d_theta_f, d_lambda_f = grad(lambda t, lm: _scalar(outer_loss(t, lm), "outer_loss"),
                                  argnums=(0, 1))(theta, lam)
-    matvec = hvp_operator(lambda t: inner_loss(t, lam), theta, mode=hvp_mode)
+    matvec = hvp_operator(lambda t: _scalar(inner_loss(t, lam), "inner_loss"), theta,
+                          mode=hvp_mode)
     kwargs = dict(tol=tol, max_iter=max_iter, damping=damping, warn=on_fail == "warn")
     if solver != "cg":
         kwargs["alpha"] = alpha

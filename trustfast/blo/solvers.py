@@ -76,6 +76,9 @@ def cg(matvec: Callable[[Tree], Tree], b: Tree, x0: Tree | None = None, *, dampi
     p = r
     rs = _tree.dot(r, r)
     result = SolveResult(x, [float(rs.sqrt()) / b_norm])
+    if result.residuals[0] <= tol:  # an exact (or good enough) warm start
+        result.converged, result.reason = True, "tol reached"
+        return result
     for k in range(1, max_iter + 1):
         ap = op(p)
         curvature = _tree.dot(p, ap)
@@ -117,31 +120,37 @@ def neumann(matvec: Callable[[Tree], Tree], b: Tree, *, alpha: float = 1.0, damp
     x = term
     result = SolveResult(x, [])
     for k in range(1, max_iter + 1):
-        # term_k = alpha (I - alpha A)^k b, and b - A x_(k-1) = term_k / alpha exactly.
+        # term_k = alpha (I - alpha A)^k b, and b - A x_(k-1) = term_k / alpha exactly, so each
+        # residual is that of the x held at that moment (the one returned).
         term = _tree.add(term, op(term), -alpha)
         residual = _tree.norm(term) / alpha / b_norm
         result.residuals.append(residual)
-        result.iterations = k - 1
+        result.iterations = k
         if residual <= tol:
             result.converged, result.reason = True, "tol reached"
             return result
         if not _tree.all_finite(term) or residual > 1e6 * result.residuals[0]:
             result.reason = "diverged: alpha too large for this A (needs alpha < 2 / lambda_max)"
             return _finish(result, "neumann", warn)
-        x = _tree.add(x, term)
-        result.x, result.iterations = x, k
+        if k < max_iter:
+            x = _tree.add(x, term)
+            result.x = x
     result.reason = "max_iter reached"
     return _finish(result, "neumann", warn)
 
 
 @torch.no_grad()
 def fixed_point(step: Callable[[Tree], Tree], x0: Tree, *, tol: float = 1e-6, max_iter: int = 100,
-                warn: bool = True) -> SolveResult:
-    """Iterate x <- step(x) until ||step(x) - x|| <= tol ||x0|| (or ||x|| if x0 = 0); residuals
-    are those relative changes. For a linear system, step(x) = x + alpha (b - A x)."""
+                scale: float | None = None, warn: bool = True) -> SolveResult:
+    """Iterate x <- step(x) until ||step(x) - x|| <= tol * scale; residuals are those scaled
+    changes. `scale` defaults to ||x0|| (1 if x0 = 0). For a linear system `solve` uses
+    step(x) = x + alpha (b - A x) and scale = alpha ||b||, so the residuals are exactly the
+    relative residuals ||b - A x|| / ||b|| of the iterates."""
     _check_common(x0, tol, max_iter)
     x = _tree.detach(x0)
-    scale = _tree.norm(x) or 1.0
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    scale = scale or _tree.norm(x) or 1.0
     result = SolveResult(x, [])
     for k in range(1, max_iter + 1):
         new = step(x)
@@ -170,6 +179,11 @@ def solve(name: str, matvec: Callable[[Tree], Tree], b: Tree, **kwargs) -> Solve
         alpha = kwargs.pop("alpha", 1.0)
         damping = kwargs.pop("damping", 0.0)
         op = _damped(matvec, damping)
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        b_norm = _tree.norm(b)
+        if b_norm == 0:
+            return SolveResult(_tree.zeros_like(b), [0.0], True, 0, "b = 0")
         return fixed_point(lambda x: _tree.add(x, _tree.add(b, op(x), -1.0), alpha),
-                           _tree.zeros_like(b), **kwargs)
+                           _tree.zeros_like(b), scale=alpha * b_norm, **kwargs)
     raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
