@@ -20,14 +20,7 @@ EXACT_RTOL = 1e-9  # fwd_rev / rev_rev against H @ v: float64, differ only by su
 FD_RTOL = 1e-5  # central difference: O(r^2) truncation + O(eps / r) rounding, r ~ 1e-8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Tiny graphs gain nothing from intra-op threads; on a busy 2-core runner the pool's threads
-    # slowed one 156x156 reference Hessian from 0.27 s to 1.6-7 s (1 thread: 0.27 s, measured).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

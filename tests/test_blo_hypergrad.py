@@ -21,14 +21,7 @@ DT = torch.float64
 LOG_ALPHAS = [-2.0, -1.0, 0.0]  # alpha = 0.2 Neumann / fixed-point steps need lambda_max(H) < 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Tiny graphs gain nothing from intra-op threads, which add contention on a busy 2-core
-    # runner (hyper-cleaning: 6-9 s usually, one 2-thread run there took 248 s).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ DT = torch.float64
 N = 7  # split into leaves "u" (3,) and "v" (2, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Thousands of 7x7 matvecs gain nothing from intra-op threads, which only add contention
-    # on a busy 2-core runner (see test_blo_hvp.py).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _tree(vec: torch.Tensor) -> dict:
