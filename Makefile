@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 	  || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"
+	@# torchattacks (a test and benchmark peer) declares torchvision, which would replace the
+	@# installed torch with another build; its code never imports torchvision, so no deps.
+	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	@$(BIN)/python -c "import torch, trustfast._ext as e; print('make: trustfast._C', 'built' if e.cpp_extension() else 'NOT built: ' + str(e.cpp_extension_error()))"
 	touch $@
 

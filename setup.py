@@ -28,7 +28,7 @@ if os.environ.get("TRUSTFAST_NO_EXT", "0") != "1":
         ext_modules.append(
             CppExtension(
                 "trustfast._C",
-                sources=["csrc/module.cpp", "csrc/masked_update.cpp"],
+                sources=["csrc/module.cpp", "csrc/masked_update.cpp", "csrc/pgd_step.cpp"],
                 extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
                 extra_link_args=["-fopenmp"],
             )

@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "masked_update.h"
+#include "pgd_step.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "trustfast C++ CPU kernels";
@@ -16,6 +17,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("masks"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("l1"), py::arg("l1_proximal"),
         py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"));
+  m.def("pgd_step", &trustfast::pgd_step,
+        "Fused PGD step (sign / L2 step, eps-ball projection, [0, 1] clamp, best-iterate copy)",
+        py::arg("out"), py::arg("x_adv"), py::arg("x_clean"), py::arg("grad"), py::arg("eps"),
+        py::arg("alpha"), py::arg("l2"), py::arg("improved"), py::arg("best_adv"),
+        py::arg("eps_for_division"));
   m.def("openmp_threads", []() { return at::get_num_threads(); },
         "Threads the kernels use (torch.get_num_threads())");
 }

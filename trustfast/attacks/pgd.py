@@ -1,0 +1,208 @@
+"""Projected gradient descent (Madry et al., ICLR 2018) with torchattacks' interface.
+
+`PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)` returns adversarial images, as
+torchattacks.PGD does (L-inf) or torchattacks.PGDL2 (norm="l2"), with the same arithmetic, so
+with `random_start=False` the results are identical. Beyond torchattacks:
+  - restarts and several eps values run as ONE batched forward/backward per step (the batch is
+    tiled restarts x eps times), and each example gets the restart with the highest loss;
+  - `loss` is any per-sample objective `(outputs, labels) -> (N,)` (feature-space, watermark...);
+  - the update is `trustfast.ops.pgd_step` (C++ / Triton / torch), and only the input's
+    gradient is computed (autograd skips the weights' gradients).
+Inputs are images in [0, 1]; `normalization=(mean, std)` is applied inside the model call. The
+model is put in eval mode during the attack and every module's mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as fn
+
+from trustfast.ops.pgd_step import NORMS, pgd_step
+
+
+def _as_list(name: str, value) -> list[float]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number or a list of numbers, got {v!r}")
+        if not v >= 0 or v != v or v == float("inf"):
+            raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        out.append(float(v))
+    return out
+
+
+class PGD:
+    """PGD attack; call as `atk(images, labels)`.
+
+    Args:
+        model: classifier (or any module) taking images in [0, 1] (after `normalization`).
+        eps: budget (float), or a list of budgets attacked in the same batch.
+        alpha: step size (float), or one per eps.
+        steps: number of gradient steps.
+        random_start: start from a uniform point in the L-inf ball (L2: torchattacks' scheme).
+        norm: "linf" or "l2".
+        restarts: random restarts, batched; each example keeps its highest-loss restart.
+        loss: per-sample objective `(outputs, labels) -> (N,)`; default cross-entropy.
+        targeted: minimize the loss towards `labels` (the targets) instead of maximizing it.
+        normalization: optional (mean, std) per channel, applied inside the model call.
+        track_best: return the best iterate over all steps (by loss) instead of the last one.
+        seed: seeds the random starts (same seed, same result); None uses torch's global RNG.
+        backend: backend of the fused step ("torch", "triton", "cpp"; default automatic).
+
+    Returns (from a call): adversarial images shaped like `images`, or (len(eps), *images.shape)
+    when `eps` is a list.
+    """
+
+    def __init__(self, model: nn.Module, eps: float | Sequence[float] = 8 / 255,
+                 alpha: float | Sequence[float] = 2 / 255, steps: int = 10,
+                 random_start: bool = True, norm: str = "linf", restarts: int = 1,
+                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 targeted: bool = False,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                 track_best: bool = False, seed: int | None = None, backend: str | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        if not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        if loss is not None and not callable(loss):
+            raise TypeError("loss must be callable (outputs, labels) -> per-sample loss")
+        self.model = model
+        self.eps_list = _as_list("eps", eps)
+        alphas = _as_list("alpha", alpha)
+        if len(alphas) == 1:
+            alphas = alphas * len(self.eps_list)
+        if len(alphas) != len(self.eps_list):
+            raise ValueError(f"alpha has {len(alphas)} values, eps has {len(self.eps_list)}")
+        self.alpha_list = alphas
+        self.many_eps = isinstance(eps, (list, tuple))
+        self.steps, self.random_start, self.norm = steps, random_start, norm
+        self.restarts, self.loss, self.targeted = restarts, loss, targeted
+        self.track_best, self.seed, self.backend = track_best, seed, backend
+        self.normalization = None
+        if normalization is not None:
+            mean, std = normalization
+            self.normalization = (torch.as_tensor(mean, dtype=torch.float64),
+                                  torch.as_tensor(std, dtype=torch.float64))
+            if (self.normalization[1] <= 0).any():
+                raise ValueError("normalization std must be > 0")
+
+    # ------------------------------------------------------------------ pieces
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on images in [0, 1] (normalization applied)."""
+        if self.normalization is not None:
+            mean, std = (t.to(x).view(1, -1, *([1] * (x.dim() - 2))) for t in self.normalization)
+            x = (x - mean) / std
+        return self.model(x)
+
+    def _objective(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = self.logits(x)
+        if self.loss is None:
+            per_sample = fn.cross_entropy(out, labels, reduction="none")
+        else:
+            per_sample = self.loss(out, labels)
+        if not isinstance(per_sample, torch.Tensor) or per_sample.shape != (x.shape[0],):
+            raise ValueError(
+                f"loss must return one value per sample, shape ({x.shape[0]},); got "
+                f"{getattr(per_sample, 'shape', type(per_sample).__name__)} (use reduction='none')"
+            )
+        return -per_sample if self.targeted else per_sample
+
+    def _random_start(self, x: torch.Tensor, eps: torch.Tensor, gen) -> torch.Tensor:
+        eps_b = eps.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+            return torch.clamp(x + noise * eps_b, 0, 1)
+        delta = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        norms = delta.flatten(1).norm(dim=1).view_as(eps_b)
+        radius = torch.rand(eps_b.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return torch.clamp(x + delta * radius / norms * eps_b, 0, 1)
+
+    def _check_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError("images must be a floating-point tensor (N, C, H, W) in [0, 1]")
+        if images.dim() < 2 or images.shape[0] == 0:
+            raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"images must be in [0, 1], got min {lo:.4g}, max {hi:.4g} "
+                             "(pass normalization=(mean, std) instead of normalized inputs)")
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+        if labels.shape[:1] != images.shape[:1]:
+            raise ValueError(f"labels must have {images.shape[0]} entries (one per image), got "
+                             f"shape {tuple(labels.shape)}")
+        if self.loss is None and (labels.dim() != 1 or labels.is_floating_point()):
+            raise ValueError(f"labels must be class indices of shape ({images.shape[0]},) for "
+                             f"the default cross-entropy, got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+
+    # ------------------------------------------------------------------ attack
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.forward(images, labels)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(images, labels)
+        modes = [m.training for m in self.model.modules()]
+        self.model.eval()
+        try:
+            adv = self._attack(images.detach(), labels.detach())
+        finally:
+            for m, mode in zip(self.model.modules(), modes):
+                m.training = mode
+        return adv if self.many_eps else adv[0]
+
+    def _attack(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n, n_eps, reps = images.shape[0], len(self.eps_list), self.restarts
+        tiles = reps * n_eps
+        # tile order (restart, eps, sample): a view (reps, n_eps, n, ...) selects the restart
+        x = images.repeat(tiles, *([1] * (images.dim() - 1)))
+        y = labels.repeat(tiles, *([1] * (labels.dim() - 1)))
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        per_eps = torch.tensor(self.eps_list, dtype=dtype, device=images.device)
+        per_alpha = torch.tensor(self.alpha_list, dtype=dtype, device=images.device)
+        eps = per_eps.repeat_interleave(n).repeat(reps)
+        alpha = per_alpha.repeat_interleave(n).repeat(reps)
+        gen = None
+        if self.seed is not None:
+            gen = torch.Generator(device=images.device).manual_seed(self.seed)
+        x_adv = self._random_start(x, eps, gen) if self.random_start else x.clone()
+
+        best_loss = best_adv = None
+        if self.track_best:
+            best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=dtype)
+            best_adv = x_adv.clone()
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                objective = self._objective(x_adv, y)
+                grad = torch.autograd.grad(objective.sum(), x_adv)[0]
+            track = dict(loss=objective.detach().to(dtype), best_loss=best_loss,
+                         best_adv=best_adv) if self.track_best else {}
+            x_adv = pgd_step(x_adv.detach(), x, grad, eps=eps, alpha=alpha, norm=self.norm,
+                             backend=self.backend, **track)
+
+        if self.track_best or reps > 1:
+            with torch.no_grad():
+                final = self._objective(x_adv, y).to(dtype)
+            if self.track_best:
+                better = final > best_loss
+                best_adv[better] = x_adv[better]
+                best_loss = torch.where(better, final, best_loss)
+                x_adv, final = best_adv, best_loss
+            if reps > 1:
+                pick = final.view(reps, n_eps * n).argmax(dim=0)
+                flat = x_adv.view(reps, n_eps * n, *images.shape[1:])
+                x_adv = flat[pick, torch.arange(n_eps * n, device=images.device)]
+        return x_adv.detach().view(n_eps, *images.shape)

@@ -1,0 +1,186 @@
+"""Fused projected-gradient step for adversarial examples (PGD, Madry et al., ICLR 2018).
+
+One pass per element instead of torch's 4-5 kernels (sign, axpy, subtract, clamp, add, clamp).
+With s = alpha * sign(g) (L-inf) or s = alpha * g / (||g||_2 + 1e-10) (L2), per sample:
+
+    L-inf:  x_new = clamp(x + clamp(x_adv + s - x, -eps, eps), 0, 1)
+    L2:     d = x_adv + s - x;  d *= min(eps / ||d||_2, 1);  x_new = clamp(x + d, 0, 1)
+
+exactly as torchattacks 3.5.1's PGD / PGDL2 compute them (same operation order, so the same
+rounding). `grad` is the gradient of the objective to *maximize* (negate the loss for a targeted
+attack). eps and alpha are scalars or one value per sample. Optional best-iterate tracking: given
+the per-sample `loss` at `x_adv`, every sample whose loss beats `best_loss` copies `x_adv` into
+`best_adv` and updates `best_loss`, in the same call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trustfast._ext import cpp_extension
+from trustfast.ops._dispatch import (
+    BackendUnavailableError,
+    register_op,
+    requested_backend,
+    select_backend,
+)
+
+NORMS = ("linf", "l2")
+EPS_FOR_DIVISION = 1e-10  # torchattacks' PGDL2 guard against a zero gradient
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_DTYPES = {
+    "cpp": FLOAT_DTYPES,
+    "triton": (torch.float16, torch.bfloat16, torch.float32),
+}
+
+register_op("pgd_step", ("torch", "triton", "cpp"))
+
+
+def _per_sample(name: str, value, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A (n,) float tensor on like's device (float64 for float64 inputs, else float32)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            value = value.reshape(1).expand(n)
+        if value.shape != (n,):
+            raise ValueError(f"{name} must be a scalar or have shape ({n},), got "
+                             f"{tuple(value.shape)}")
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device}, x_adv on {like.device}")
+        out = value.to(dtype).contiguous()
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+        out = torch.full((n,), float(value), dtype=dtype, device=like.device)
+    if not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return out
+
+
+def _check(x_adv, x_clean, grad, loss, best_loss, best_adv):
+    for name, t in (("x_adv", x_adv), ("x_clean", x_clean), ("grad", grad)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if x_adv.dim() < 1 or x_adv.shape[0] == 0:
+        raise ValueError(f"x_adv must have a non-empty batch dim, got shape {tuple(x_adv.shape)}")
+    if x_adv.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x_adv must be floating point, got {x_adv.dtype}")
+    for name, t in (("x_clean", x_clean), ("grad", grad)):
+        if t.shape != x_adv.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, x_adv has {tuple(x_adv.shape)}")
+        if t.dtype != x_adv.dtype or t.device != x_adv.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device}, x_adv is {x_adv.dtype} on "
+                             f"{x_adv.device}")
+    tracking = [t is not None for t in (loss, best_loss, best_adv)]
+    if any(tracking) and not all(tracking):
+        raise ValueError("best-iterate tracking needs all of loss, best_loss and best_adv")
+    if all(tracking):
+        n = x_adv.shape[0]
+        for name, t in (("loss", loss), ("best_loss", best_loss)):
+            if not isinstance(t, torch.Tensor) or t.shape != (n,):
+                raise ValueError(f"{name} must be a tensor of shape ({n},), got "
+                                 f"{getattr(t, 'shape', type(t).__name__)}")
+            if t.device != x_adv.device:
+                raise ValueError(f"{name} is on {t.device}, x_adv on {x_adv.device}")
+        if best_adv.shape != x_adv.shape or best_adv.dtype != x_adv.dtype:
+            raise ValueError(f"best_adv must match x_adv ({tuple(x_adv.shape)}, {x_adv.dtype})")
+        if best_loss.dtype != loss.dtype:
+            raise ValueError(f"best_loss has dtype {best_loss.dtype}, loss {loss.dtype}")
+    return all(tracking)
+
+
+def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+@torch.no_grad()
+def pgd_step_reference(x_adv: torch.Tensor, x_clean: torch.Tensor, grad: torch.Tensor,
+                       eps: torch.Tensor, alpha: torch.Tensor, norm: str = "linf",
+                       improved: torch.Tensor | None = None,
+                       best_adv: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-PyTorch specification (module docstring); eps / alpha are (N,) tensors."""
+    if improved is not None:
+        best_adv[improved] = x_adv[improved]
+    eps_b, alpha_b = _view(eps, x_adv), _view(alpha, x_adv)
+    if norm == "linf":
+        stepped = x_adv + alpha_b * grad.sign()
+        delta = torch.clamp(stepped - x_clean, min=-eps_b, max=eps_b)
+    else:
+        n = x_adv.shape[0]
+        g_norm = torch.norm(grad.reshape(n, -1), p=2, dim=1) + EPS_FOR_DIVISION
+        stepped = x_adv + alpha_b * (grad / _view(g_norm, x_adv))
+        delta = stepped - x_clean
+        d_norm = torch.norm(delta.reshape(n, -1), p=2, dim=1)
+        factor = torch.where(d_norm > 0, torch.minimum(eps.to(d_norm.dtype) / d_norm,
+                                                       torch.ones_like(d_norm)),
+                             torch.ones_like(d_norm))
+        delta = delta * _view(factor, x_adv)
+    return torch.clamp(x_clean + delta, min=0, max=1)
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    x_clean: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
+    norm: str = "linf",
+    loss: torch.Tensor | None = None,
+    best_loss: torch.Tensor | None = None,
+    best_adv: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One fused PGD step; returns the new adversarial batch (inputs are not modified, except
+    `best_loss` / `best_adv` when tracking).
+
+    Args:
+        x_adv: current adversarial batch (N, ...), in [0, 1].
+        x_clean: clean batch, same shape, in [0, 1].
+        grad: gradient of the objective to maximize at x_adv.
+        eps, alpha: budget and step size, scalars or (N,) tensors (>= 0), in the [0, 1] scale.
+        norm: "linf" (sign step) or "l2" (normalized-gradient step).
+        loss, best_loss, best_adv: optional best-iterate tracking (all three or none); loss is
+            the per-sample objective at x_adv.
+        backend: "torch", "triton", "cpp" or None (automatic; TRUSTFAST_BACKEND overrides).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    tracking = _check(x_adv, x_clean, grad, loss, best_loss, best_adv)
+    n = x_adv.shape[0]
+    eps_t = _per_sample("eps", eps, n, x_adv)
+    alpha_t = _per_sample("alpha", alpha, n, x_adv)
+    improved = None
+    if tracking:
+        improved = loss.detach() > best_loss
+        best_loss.copy_(torch.where(improved, loss.detach(), best_loss))
+
+    chosen = select_backend("pgd_step", x_adv.device, backend)
+    if chosen != "torch" and x_adv.dtype not in KERNEL_DTYPES[chosen]:
+        if requested_backend(backend) is not None:
+            raise BackendUnavailableError(f"pgd_step: backend {chosen!r} does not support "
+                                          f"{x_adv.dtype}")
+        chosen = "torch"
+    if chosen == "torch":
+        return pgd_step_reference(x_adv, x_clean, grad, eps_t, alpha_t, norm, improved, best_adv)
+    tensors = {"x_adv": x_adv, "x_clean": x_clean, "grad": grad}
+    if tracking:
+        tensors["best_adv"] = best_adv
+    for name, t in tensors.items():
+        if not t.is_contiguous():
+            raise ValueError(f"{name} is not contiguous; the {chosen} backend needs contiguous "
+                             "tensors: pass .contiguous() or backend='torch'")
+    row = math.prod(x_adv.shape[1:])
+    out = torch.empty_like(x_adv)
+    flags = improved.to(torch.uint8) if tracking else None
+    if chosen == "cpp":
+        cpp_extension().pgd_step(out, x_adv, x_clean, grad, eps_t, alpha_t, norm == "l2",
+                                 flags, best_adv if tracking else None, EPS_FOR_DIVISION)
+    else:
+        from trustfast.kernels import pgd_step as kernel
+
+        kernel.pgd_step(out, x_adv, x_clean, grad, eps_t, alpha_t, norm == "l2", flags,
+                        best_adv if tracking else None, row, EPS_FOR_DIVISION)
+    return out
