@@ -49,14 +49,18 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     cleaning = rows[("bilevel", "hyper-cleaning digits, 30% flipped")]
     assert cleaning["f1_flipped"] >= 0.8
     assert cleaning["test_acc_cleaned_%"] > cleaning["test_acc_noisy_%"]
-    for name in ("results.md", "masked_training_loss.png", "bilevel.png"):
+    robust = [r["robust_acc_%"] for r in result["rows"] if r["section"] == "robustness"]
+    assert len(robust) == 6 and robust[0] > 90 and robust[-1] < robust[0] - 20
+    assert all(a >= b for a, b in zip(robust, robust[1:])), robust  # falls with eps
+    for name in ("results.md", "masked_training_loss.png", "bilevel.png", "robustness.png",
+                 "robustness.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
     # --resume reuses the finished checkpoints: same training rows, no retraining
     capsys.readouterr()
     main(["demo", "--out", out, "--resume"])
     again = json.load(open(os.path.join(out, "results.json")))
-    for section in ("masked_training", "bilevel"):
+    for section in ("masked_training", "bilevel", "robustness"):
         assert [r for r in again["rows"] if r["section"] == section] == [
             r for r in result["rows"] if r["section"] == section]
     with pytest.raises(ValueError, match="seed 0, not 1"):
