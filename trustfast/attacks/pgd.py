@@ -14,13 +14,26 @@ model is put in eval mode during the attack and every module's mode is restored 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn import functional as fn
 
 from trustfast.ops.pgd_step import NORMS, pgd_step
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run with every module in eval mode; restore each module's own mode afterwards."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
 
 
 def _as_list(name: str, value) -> list[float]:
@@ -133,6 +146,8 @@ class PGD:
             raise TypeError("images must be a floating-point tensor (N, C, H, W) in [0, 1]")
         if images.dim() < 2 or images.shape[0] == 0:
             raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images must be finite and in [0, 1], got NaN or Inf values")
         lo, hi = float(images.min()), float(images.max())
         if lo < 0 or hi > 1:
             raise ValueError(f"images must be in [0, 1], got min {lo:.4g}, max {hi:.4g} "
@@ -154,13 +169,8 @@ class PGD:
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self._check_inputs(images, labels)
-        modes = [m.training for m in self.model.modules()]
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             adv = self._attack(images.detach(), labels.detach())
-        finally:
-            for m, mode in zip(self.model.modules(), modes):
-                m.training = mode
         return adv if self.many_eps else adv[0]
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -190,7 +200,10 @@ class PGD:
                 grad = torch.autograd.grad(objective.sum(), x_adv)[0]
             track = dict(loss=objective.detach().to(dtype), best_loss=best_loss,
                          best_adv=best_adv) if self.track_best else {}
-            x_adv = pgd_step(x_adv.detach(), x, grad, eps=eps, alpha=alpha, norm=self.norm,
+            # autograd may hand back a strided gradient (e.g. a model that transposes its
+            # input); the kernels take contiguous memory.
+            x_adv = pgd_step(x_adv.detach(), x, grad.contiguous(), eps=eps, alpha=alpha,
+                             norm=self.norm,
                              backend=self.backend, **track)
 
         if self.track_best or reps > 1:

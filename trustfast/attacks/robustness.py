@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.attacks.pgd import PGD
+from trustfast.attacks.pgd import PGD, eval_mode
 
 
 @dataclass
@@ -34,6 +34,12 @@ class RobustAccuracy:
             json.dump({"config": {"n": self.n, **self.attack}, "rows": rows}, f, indent=1)
 
 
+def _predict_eval_mode(atk: PGD, images: torch.Tensor) -> torch.Tensor:
+    """Class predictions with dropout off and BatchNorm running statistics untouched."""
+    with eval_mode(atk.model), torch.no_grad():
+        return atk.logits(images).argmax(1)
+
+
 def robust_accuracy(model: nn.Module, loader: Iterable, eps: list[float], *, steps: int = 10,
                     alpha_ratio: float = 0.25, norm: str = "linf", restarts: int = 1,
                     device: str | torch.device | None = None, seed: int = 0,
@@ -54,8 +60,7 @@ def robust_accuracy(model: nn.Module, loader: Iterable, eps: list[float], *, ste
                                leave=False):
         images, labels = images.to(device), labels.to(device)
         adv = atk(images, labels)  # (len(eps), N, ...)
-        with torch.no_grad():
-            preds = atk.logits(adv.flatten(0, 1)).argmax(1).view(len(eps), -1)
+        preds = _predict_eval_mode(atk, adv.flatten(0, 1)).view(len(eps), -1)
         correct += (preds == labels.unsqueeze(0)).sum(1).cpu()
         total += len(labels)
     if total == 0:

@@ -100,9 +100,16 @@ def pgd_step_reference(x_adv: torch.Tensor, x_clean: torch.Tensor, grad: torch.T
                        eps: torch.Tensor, alpha: torch.Tensor, norm: str = "linf",
                        improved: torch.Tensor | None = None,
                        best_adv: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain-PyTorch specification (module docstring); eps / alpha are (N,) tensors."""
+    """Plain-PyTorch specification (module docstring); eps / alpha are (N,) tensors.
+
+    Half-precision inputs are computed in float32 and rounded once at the end, as the kernels
+    do (in float16, torchattacks' 1e-10 division guard rounds to 0 and a zero gradient -> NaN).
+    """
     if improved is not None:
         best_adv[improved] = x_adv[improved]
+    if x_adv.dtype in (torch.float16, torch.bfloat16):
+        out = pgd_step_reference(x_adv.float(), x_clean.float(), grad.float(), eps, alpha, norm)
+        return out.to(x_adv.dtype)
     eps_b, alpha_b = _view(eps, x_adv), _view(alpha, x_adv)
     if norm == "linf":
         stepped = x_adv + alpha_b * grad.sign()
