@@ -1,6 +1,6 @@
 """One command for a CUDA machine: ceilings, correctness at real shapes, then timings.
 
-    python benchmarks/gpu_suite.py                 # ceilings, checks, timings, HVP, BLOCK sweep
+    python benchmarks/gpu_suite.py                 # ceilings, checks, timings, HVP, PGD, sweep
     python benchmarks/gpu_suite.py --check         # checks only (bf16/fp16 at real shapes)
     python benchmarks/gpu_suite.py --device cpu --check --small   # dry run, Triton interpreter
 
@@ -24,6 +24,18 @@ by --check), then time every mode against that peer and one gradient (`hvp_timin
 not captured in CUDA graphs: a capture that fails can leave the CUDA context unusable for the
 sections after it, and the CPU dry run cannot exercise capture, so it would first be tried on a
 loan.
+
+The PGD sections (`trustfast._bench.pgd`) check the Triton `pgd_step` against the torch reference
+in the same precision (`pgd_checks`, also run by --check): L-inf and L2, per-sample eps, with and
+without best-iterate tracking, fp32 / fp16 / bf16. fp32 L-inf must agree to 1 ulp (bit-exactness
+is not promised on a GPU: FMA contraction), fp16 / bf16 to 2 ulps of their dtype (the kernel
+rounds once, torch after each op); L2 also allows 1e-6 x the sample's eps in fp32 (4 ulps at 1 x
+eps in half precision) for norms reduced in another order (`pgd.CHECK_TOLERANCE`). A tracked
+best_adv / best_loss must be bit-identical. Then they time (`pgd_timings`) the
+step against torchattacks' eager update sequence and a copy of its bytes at 256x3x32x32 and
+64x3x224x224 fp32, and ResNet-18 PGD-10 end to end at batch 128, 4 restarts x 3 eps: one
+trustfast.attacks.PGD call vs torchattacks called 12 times plus a best-restart selection (the
+peer row is skipped, with the reason, where torchattacks does not import).
 """
 
 from __future__ import annotations
@@ -63,6 +75,14 @@ SLACK_ULPS = 0.25
 MATMUL_N = {"cuda": 8192, "cpu": 1024, "small": 256}
 COPY_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20, "small": 16 << 20}
 BF16_INTERPRETER = "bfloat16 is broken under the Triton interpreter; checked on a GPU only"
+# (norm, shape, best-iterate tracking): CIFAR batches (rows of 3072 = 3 BLOCKs of 1024), then
+# rows of 3465 and 150525 elements (not whole BLOCKs; the L2 one spans 147 blocks per sweep).
+# --small: interpreter-sized, same oddness.
+PGD_CHECK_CASES = [("linf", (128, 3, 32, 32), False), ("l2", (128, 3, 32, 32), False),
+                   ("linf", (7, 3, 33, 35), True), ("l2", (3, 3, 223, 225), True)]
+SMALL_PGD_CHECK_CASES = [("linf", (5, 3, 7, 9), False), ("l2", (5, 3, 7, 9), False),
+                         ("linf", (3, 2, 67, 33), True), ("l2", (2, 3, 50, 50), True)]
+PGD_E2E = {"workload": "resnet18_32", "batch": 128, "steps": 10}  # --small: pgd.SETTINGS small
 
 
 # ----------------------------------------------------------------------------- problems
@@ -380,7 +400,8 @@ class Suite:
         self.deadline = self.start + budget_s
         self.report: dict = {"config": config, "machine": {}, "ceilings": [], "checks": [],
                              "timings": [], "block_sweep": [], "hvp_checks": [],
-                             "hvp_timings": [], "errors": []}
+                             "hvp_timings": [], "pgd_checks": [], "pgd_timings": [],
+                             "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -421,7 +442,7 @@ class Suite:
 
     def failed(self) -> bool:
         rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
-                              "hvp_timings")
+                              "hvp_timings", "pgd_checks", "pgd_timings")
                 for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
@@ -520,6 +541,32 @@ def markdown_table(report: dict) -> str:
                 detail += f"; {r['note']}"
         add("hvp timing", item, r.get("dtype", ""), f"{r.get('params', 0):.2e}", r.get("ms"),
             speedup=r.get("speed-up vs torch hvp"), detail=detail, status=_status(r))
+    for r in report.get("pgd_checks", []):
+        detail = ""
+        if "max_diff_vs_torch" in r:
+            detail = (f"max diff vs torch {r['max_diff_vs_torch']:.1e} (tol {r['tolerance']}), "
+                      f"{r['n_over_bound']} over; err vs float64 {r['err_vs_float64']:.1e} "
+                      f"(torch {r['torch_err_vs_float64']:.1e})")
+            if r.get("tracking"):
+                detail += (f"; best_adv equal {r.get('best_adv_equal')}, best_loss equal "
+                           f"{r.get('best_loss_equal')}")
+        add("check", r.get("case", ""), r.get("dtype", ""), f"{r.get('numel', 0):.2e}",
+            detail=detail, status=_status(r))
+    for r in report.get("pgd_timings", []):
+        if r.get("bench") == "pgd e2e" or "workload" in r:
+            item = f"pgd e2e {r.get('workload', '')}"
+            size = f"{r['examples']} ex" if "examples" in r else ""
+            rate = f"{r['examples/s']:.4g} ex/s" if "examples/s" in r else ""
+            detail = r.get("setting", "")
+        else:
+            item = f"pgd_step {r.get('shape', '')}"
+            size = f"{r.get('numel', 0):.2e}"
+            rate = f"{r['GB/s']:.4g} GB/s" if "GB/s" in r else ""
+            detail = f"{r['backend']} backend" if "backend" in r else ""
+        if "variant" in r:
+            item += f": {r['variant']}"
+        add("pgd timing", item, r.get("dtype", ""), size, r.get("ms"), rate, r.get("% of copy"),
+            r.get("trustfast speed-up"), detail=detail, status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -557,6 +604,7 @@ def machine_info(device: torch.device) -> dict:
 def run_suite(args: argparse.Namespace) -> int:
     """Ceilings (seconds), then checks (a wrong kernel makes its timing moot), then timings."""
     from trustfast._bench import hvp as hvp_bench
+    from trustfast._bench import pgd as pgd_bench
     from trustfast._bench.cli import measure, parse_sizes
 
     device = torch.device(args.device)
@@ -572,7 +620,14 @@ def run_suite(args: argparse.Namespace) -> int:
               "device": str(device), "check_only": args.check, "small": args.small,
               "sizes": sizes, "repeats": repeats, "check_shapes": shapes,
               "budget_s": args.budget_s, "hvp_workloads": {
-                  w: hvp_bench.SIZES[w][args.small] for w in hvp_bench.WORKLOADS}}
+                  w: hvp_bench.SIZES[w][args.small] for w in hvp_bench.WORKLOADS},
+              "pgd_check_cases": SMALL_PGD_CHECK_CASES if args.small else PGD_CHECK_CASES,
+              "pgd_step_shapes": (pgd_bench.SMALL_STEP_SHAPES if args.small
+                                  else pgd_bench.STEP_SHAPES),
+              "pgd_e2e": {"workload": PGD_E2E["workload"], "eps": pgd_bench.EPS,
+                          "restarts": pgd_bench.RESTARTS, "batch_steps": (
+                              pgd_bench.SETTINGS[PGD_E2E["workload"]]["small"] if args.small
+                              else (PGD_E2E["batch"], PGD_E2E["steps"]))}}
     suite = Suite(Path(args.out), config, device, args.budget_s)
     try:
         suite.report["machine"] = machine_info(device)
@@ -609,6 +664,18 @@ def run_suite(args: argparse.Namespace) -> int:
     for w in hvp_bench.WORKLOADS:
         suite.run("hvp_checks", f"check hvp {w}", lambda w=w: hvp_bench.check(
             w, device, small=args.small), {"case": f"hvp {w}", "workload": w, "dtype": "float32"})
+    for dtype in CHECK_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        for norm, shape, tracking in SMALL_PGD_CHECK_CASES if args.small else PGD_CHECK_CASES:
+            case = (f"pgd_step {norm} {pgd_bench.shape_name(shape)}"
+                    + (" tracking" if tracking else ""))
+            meta = {"case": case, "norm": norm, "dtype": name, "numel": math.prod(shape),
+                    "backend": "triton"}
+            if interpreted and dtype == torch.bfloat16:
+                suite.skip("pgd_checks", f"check {case} {name}", meta, BF16_INTERPRETER)
+                continue
+            suite.run("pgd_checks", f"check {case} {name}", lambda n=norm, d=dtype, s=shape,
+                      t=tracking: pgd_bench.check_step(n, d, s, device, tracking=t), meta)
 
     if not args.check:
         runs = [(n, torch.float32) for n in sizes] + [(max(sizes), torch.bfloat16)]
@@ -629,6 +696,22 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("hvp_timings", f"hvp timing {w}", lambda w=w: hvp_bench.measure(
                 device, min(repeats, 10), small=args.small, workloads=(w,)),
                 {"workload": w, "dtype": "float32", **tf32})
+        step_shapes = pgd_bench.SMALL_STEP_SHAPES if args.small else pgd_bench.STEP_SHAPES
+        for shape in step_shapes:
+            suite.run("pgd_timings", f"pgd_step timing {pgd_bench.shape_name(shape)}",
+                      lambda s=shape: pgd_bench.measure_step(device, repeats, shapes=(s,),
+                                                             backend="triton"),
+                      {"bench": "pgd_step", "shape": pgd_bench.shape_name(shape),
+                       "dtype": "float32"})
+        e2e = {} if args.small else {"batch": PGD_E2E["batch"], "steps": PGD_E2E["steps"]}
+        # Each sample is one whole attack (~1 s): 3 of them, after one warm-up (Triton compiles).
+        suite.run("pgd_timings", f"pgd e2e timing {PGD_E2E['workload']}",
+                  lambda: pgd_bench.measure_e2e(device, 1 if args.small else min(repeats, 3),
+                                                small=args.small,
+                                                workloads=(PGD_E2E["workload"],),
+                                                backend="triton", **e2e),
+                  {"bench": "pgd e2e", "workload": PGD_E2E["workload"], "dtype": "float32",
+                   **tf32})
         for op in ("masked_sgd_step", "masked_adamw_step"):
             suite.run("block_sweep", f"BLOCK sweep {op} {max(sizes):.0e}",
                       lambda op=op: block_sweep(op, max(sizes), device, repeats),

@@ -6,6 +6,10 @@ trustfast over it.
 HVP (groups "hvp <workload>"): median ms of every variant, its ratio to one gradient, for
 batched rows its ratio to one product of the same mode, and the speed-up per product over
 `torch.autograd.functional.hvp`.
+PGD (groups "pgd e2e <workload>" and "pgd_step <shape>"): median ms of every variant, throughput
+(attacked examples x restarts x eps per second end to end; GB/s of the bytes the fused step must
+move for the step), the speed-up of trustfast over each row (row ms / trustfast ms) and, for the
+step, % of the copy floor measured in the same run.
 A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
@@ -21,6 +25,8 @@ FLOOR = "copy of the same bytes (floor)"
 HVP_PREFIX = "hvp "
 GRADIENT = "gradient"
 HVP_PEER = "torch.autograd.functional.hvp"
+PGD_PREFIXES = ("pgd e2e ", "pgd_step ")
+PGD_OURS = ("trustfast batched", "trustfast pgd_step")
 
 
 def masked_update_table(groups: dict[str, dict[str, dict]]) -> list[str]:
@@ -70,6 +76,32 @@ def hvp_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def pgd_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Speed-ups need the group's trustfast row, % of copy its floor row; '' where absent."""
+    lines = [
+        "| group | setting | variant | median ms | throughput | trustfast speed-up | % of copy |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for group, variants in groups.items():
+        med = {name: b["stats"]["median"] for name, b in variants.items()}
+        ours = next((med[n] for n in PGD_OURS if n in med), None)
+        floor = med.get(FLOOR)
+        for name, b in variants.items():
+            info = b["extra_info"]
+            if info.get("bench") == "pgd_step":
+                setting = f"{info.get('dtype', '')}, {info.get('backend', '')} backend"
+                throughput = f"{info['bytes'] / med[name] / 1e9:.1f} GB/s"
+                pct = f"{100 * floor / med[name]:.0f}%" if floor else ""
+            else:
+                setting = info.get("setting", "")
+                throughput = f"{info['examples'] / med[name]:.1f} ex/s"
+                pct = ""
+            speedup = f"{med[name] / ours:.2f}x" if ours else ""
+            lines.append(f"| {group} | {setting} | {name} | {med[name] * 1e3:.2f} | {throughput} "
+                         f"| {speedup} | {pct} |")
+    return lines
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
@@ -77,7 +109,8 @@ def report(path: str) -> str:
     for b in data["benchmarks"]:
         groups[b["group"]][b["extra_info"]["variant"]] = b
     hvp = {g: v for g, v in groups.items() if g.startswith(HVP_PREFIX)}
-    masked = {g: v for g, v in groups.items() if g not in hvp}
+    pgd = {g: v for g, v in groups.items() if g.startswith(PGD_PREFIXES)}
+    masked = {g: v for g, v in groups.items() if g not in hvp and g not in pgd}
     lines = [
         f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"date {data['datetime'][:10]}",
@@ -86,8 +119,10 @@ def report(path: str) -> str:
         lines += ["", *masked_update_table(masked)]
     if hvp:
         lines += ["", *hvp_table(hvp)]
+    if pgd:
+        lines += ["", *pgd_table(pgd)]
     if len(lines) == 1:
-        lines += ["", "no masked-update or hvp groups in this file"]
+        lines += ["", "no masked-update, hvp or pgd groups in this file"]
     return "\n".join(lines)
 
 

@@ -203,7 +203,7 @@ class PGD:
             # autograd may hand back a strided gradient (e.g. a model that transposes its
             # input); the kernels take contiguous memory.
             x_adv = pgd_step(x_adv.detach(), x, grad.contiguous(), eps=eps, alpha=alpha,
-                             norm=self.norm,
+                             norm=self.norm, validate=False,
                              backend=self.backend, **track)
 
         if self.track_best or reps > 1:

@@ -38,7 +38,8 @@ KERNEL_DTYPES = {
 register_op("pgd_step", ("torch", "triton", "cpp"))
 
 
-def _per_sample(name: str, value, n: int, like: torch.Tensor) -> torch.Tensor:
+def _per_sample(name: str, value, n: int, like: torch.Tensor,
+                check: bool = True) -> torch.Tensor:
     """A (n,) float tensor on like's device (float64 for float64 inputs, else float32)."""
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     if isinstance(value, torch.Tensor):
@@ -53,8 +54,11 @@ def _per_sample(name: str, value, n: int, like: torch.Tensor) -> torch.Tensor:
     else:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-        out = torch.full((n,), float(value), dtype=dtype, device=like.device)
-    if not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
+        if check and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        return torch.full((n,), float(value), dtype=dtype, device=like.device)
+    # one host sync for a tensor budget (none with check=False, for validated inner loops)
+    if check and not bool((torch.isfinite(out) & (out >= 0)).all()):
         raise ValueError(f"{name} must be finite and >= 0")
     return out
 
@@ -139,6 +143,7 @@ def pgd_step(
     best_loss: torch.Tensor | None = None,
     best_adv: torch.Tensor | None = None,
     backend: str | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """One fused PGD step; returns the new adversarial batch (inputs are not modified, except
     `best_loss` / `best_adv` when tracking).
@@ -152,13 +157,15 @@ def pgd_step(
         loss, best_loss, best_adv: optional best-iterate tracking (all three or none); loss is
             the per-sample objective at x_adv.
         backend: "torch", "triton", "cpp" or None (automatic; TRUSTFAST_BACKEND overrides).
+        validate: check eps / alpha values (a host sync per tensor budget on CUDA). `PGD`
+            validates its budgets once and passes False inside its step loop.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     tracking = _check(x_adv, x_clean, grad, loss, best_loss, best_adv)
     n = x_adv.shape[0]
-    eps_t = _per_sample("eps", eps, n, x_adv)
-    alpha_t = _per_sample("alpha", alpha, n, x_adv)
+    eps_t = _per_sample("eps", eps, n, x_adv, validate)
+    alpha_t = _per_sample("alpha", alpha, n, x_adv, validate)
     improved = None
     if tracking:
         improved = loss.detach() > best_loss
