@@ -1,0 +1,161 @@
+"""Pruning that produces bool masks per parameter name (True = kept), for "prune first, then
+unlearn" (Jia et al., NeurIPS 2023): OMP, IMP (Frankle & Carbin, ICLR 2019) and SynFlow
+(Tanaka et al., NeurIPS 2020). Only conv / linear weights are pruned; masks are kept by
+`trustfast.optim.MaskedSGD` (pruned weights exactly zero) and saved with safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trustfast.sparsity import mask_sparsity, prunable_weights
+
+Masks = dict[str, torch.Tensor]
+# retrain(model, masks): train `model` in place under `masks` (e.g. with MaskedSGD).
+Retrain = Callable[[nn.Module, Masks], None]
+
+
+def _check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+@torch.no_grad()
+def magnitude_masks(model: nn.Module, sparsity: float, current: Masks | None = None) -> Masks:
+    """Global magnitude pruning to total `sparsity` among the prunable weights; weights already
+    pruned by `current` stay pruned (ties at the threshold are pruned first, by position)."""
+    _check_sparsity(sparsity)
+    weights = prunable_weights(model)
+    if not weights:
+        raise ValueError("model has no Conv/Linear weights to prune")
+    scores = []
+    for name, w in weights.items():
+        s = w.detach().abs().flatten().double().cpu()
+        if current is not None and name in current:
+            s = torch.where(current[name].flatten().cpu(), s, torch.tensor(-1.0, dtype=s.dtype))
+        scores.append(s)
+    flat = torch.cat(scores)
+    n_prune = int(round(sparsity * flat.numel()))
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if n_prune:
+        keep[torch.argsort(flat, stable=True)[:n_prune]] = False
+    masks, start = {}, 0
+    for name, w in weights.items():
+        masks[name] = keep[start:start + w.numel()].view_as(w).to(w.device)
+        start += w.numel()
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero the pruned entries of `model`'s parameters in place."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise ValueError(f"masks name parameters the model does not have: {unknown}")
+    for name, m in masks.items():
+        if m.shape != params[name].shape:
+            raise ValueError(f"mask {name} has shape {tuple(m.shape)}, parameter "
+                             f"{tuple(params[name].shape)}")
+        params[name].mul_(m.to(params[name].dtype))
+
+
+def omp(model: nn.Module, sparsity: float, retrain: Retrain,
+        rewind_state: dict[str, torch.Tensor] | None = None) -> Masks:
+    """One-shot magnitude pruning: global magnitude masks from the trained `model`, weights
+    rewound to `rewind_state` (an early checkpoint; None keeps the trained weights), then
+    `retrain(model, masks)`. Returns the masks; `model` ends pruned and retrained."""
+    masks = magnitude_masks(model, sparsity)
+    if rewind_state is not None:
+        model.load_state_dict(rewind_state)
+    apply_masks(model, masks)
+    retrain(model, masks)
+    return masks
+
+
+def imp(model: nn.Module, sparsity: float, retrain: Retrain,
+        rewind_state: dict[str, torch.Tensor] | None = None, rate: float = 0.2) -> Masks:
+    """Iterative magnitude pruning: rounds that each prune `rate` (20 %) of the remaining weights,
+    rewind to `rewind_state`, and retrain under the mask, until `sparsity` (the last round
+    prunes exactly to it)."""
+    _check_sparsity(sparsity)
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - rate))) if sparsity else 0
+    masks = magnitude_masks(model, 0.0)
+    for r in range(1, rounds + 1):
+        target = min(sparsity, 1 - (1 - rate) ** r)
+        masks = magnitude_masks(model, target, current=masks)
+        if rewind_state is not None:
+            model.load_state_dict(rewind_state)
+        apply_masks(model, masks)
+        retrain(model, masks)
+    return masks
+
+
+def synflow(model: nn.Module, sparsity: float, input_shape: tuple[int, ...],
+            rounds: int = 100) -> Masks:
+    """SynFlow: data-free iterative pruning. Each round scores |theta * dR/dtheta| with
+    R = sum(f_|theta|(1)) (all weights made positive, an all-ones input, float64, eval mode) and
+    prunes globally to 1 - (1 - sparsity)^(k / rounds). `model` itself is not modified."""
+    _check_sparsity(sparsity)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    probe = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.abs_()
+    weights = prunable_weights(probe)
+    original = {k: w.detach().clone() for k, w in weights.items()}
+    device = next(probe.parameters()).device
+    ones = torch.ones(1, *input_shape, dtype=torch.float64, device=device)
+    masks = magnitude_masks(probe, 0.0)
+    for k in range(1, rounds + 1):
+        with torch.no_grad():
+            for name, w in weights.items():
+                w.copy_(original[name] * masks[name])
+        probe.zero_grad(set_to_none=True)
+        torch.sum(probe(ones)).backward()
+        scores = {name: (w.grad * w).detach().abs() for name, w in weights.items()}
+        target = 1 - (1 - sparsity) ** (k / rounds)
+        masks = _masks_from_scores(scores, target, masks)
+    return {k: m.to(model.get_parameter(k).device) for k, m in masks.items()}
+
+
+def _masks_from_scores(scores: Masks, sparsity: float, current: Masks) -> Masks:
+    flat = torch.cat([torch.where(current[k], s, torch.tensor(-1.0, dtype=s.dtype,
+                                                               device=s.device)).flatten().cpu()
+                      for k, s in scores.items()])
+    n_prune = int(round(sparsity * flat.numel()))
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if n_prune:
+        keep[torch.argsort(flat, stable=True)[:n_prune]] = False
+    out, start = {}, 0
+    for k, s in scores.items():
+        out[k] = keep[start:start + s.numel()].view_as(s).to(s.device)
+        start += s.numel()
+    return out
+
+
+def save_masks(path: str, masks: Masks) -> None:
+    """Write masks (bool tensors by parameter name) to a safetensors file."""
+    save_file({k: m.detach().to(torch.bool).contiguous().cpu() for k, m in masks.items()}, path)
+
+
+def load_masks(path: str) -> Masks:
+    """Read masks written by `save_masks` (bool tensors on the CPU)."""
+    masks = load_file(path)
+    bad = [k for k, m in masks.items() if m.dtype != torch.bool]
+    if bad:
+        raise ValueError(f"{path}: entries {bad} are not bool masks")
+    return masks
+
+
+__all__ = ["Masks", "apply_masks", "imp", "load_masks", "magnitude_masks", "mask_sparsity",
+           "omp", "save_masks", "synflow"]
