@@ -7,7 +7,6 @@ unlearn" (Jia et al., NeurIPS 2023): OMP, IMP (Frankle & Carbin, ICLR 2019) and 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
@@ -42,6 +41,10 @@ def magnitude_masks(model: nn.Module, sparsity: float, current: Masks | None = N
         scores.append(s)
     flat = torch.cat(scores)
     n_prune = int(round(sparsity * flat.numel()))
+    already = int((flat < 0).sum())
+    if already > n_prune:
+        raise ValueError(f"sparsity {sparsity} is below that of `current` "
+                         f"({already / flat.numel():.4g}): pruned weights would come back")
     keep = torch.ones(flat.numel(), dtype=torch.bool)
     if n_prune:
         keep[torch.argsort(flat, stable=True)[:n_prune]] = False
@@ -63,7 +66,8 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
         if m.shape != params[name].shape:
             raise ValueError(f"mask {name} has shape {tuple(m.shape)}, parameter "
                              f"{tuple(params[name].shape)}")
-        params[name].mul_(m.to(params[name].dtype))
+        # masked_fill, not a multiply: 0 * inf or 0 * NaN would leave NaN in a pruned weight
+        params[name].masked_fill_(~m.to(torch.bool), 0)
 
 
 def omp(model: nn.Module, sparsity: float, retrain: Retrain,
@@ -87,7 +91,10 @@ def imp(model: nn.Module, sparsity: float, retrain: Retrain,
     _check_sparsity(sparsity)
     if not 0.0 < rate < 1.0:
         raise ValueError(f"rate must be in (0, 1), got {rate}")
-    rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - rate))) if sparsity else 0
+    # count rounds with integers: ceil(log(1 - s) / log(1 - rate)) rounds 2.0000000000000004 up
+    rounds = 0
+    while 1 - (1 - rate) ** rounds < sparsity - 1e-12:
+        rounds += 1
     masks = magnitude_masks(model, 0.0)
     for r in range(1, rounds + 1):
         target = min(sparsity, 1 - (1 - rate) ** r)
