@@ -23,6 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=20, help="timed repetitions per variant")
     bench.add_argument("--out", default=None, help="folder for results.json and a markdown table")
 
+    ul = sub.add_parser("unlearn", help="train, prune, unlearn and measure (the paper's Table 1)")
+    ul.add_argument("--dataset", default="digits", help="built-in dataset (digits)")
+    ul.add_argument("--scenario", default="classwise", choices=("classwise", "random"))
+    ul.add_argument("--forget-class", type=int, default=3)
+    ul.add_argument("--fraction", type=float, default=0.1, help="random scenario: share forgotten")
+    ul.add_argument("--methods", default="retrain,ft,ga,rl,ff,iu,l1_sparse",
+                    help="comma-separated: retrain,ft,ga,rl,ff,iu,l1_sparse,salun")
+    ul.add_argument("--sparsity", default="0,0.9", help="comma-separated OMP sparsities")
+    ul.add_argument("--train-epochs", type=int, default=8)
+    ul.add_argument("--seed", type=int, default=0)
+    ul.add_argument("--out", default="runs/unlearn")
+    ul.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+
     args = parser.parse_args(argv)
     if args.command == "info":
         from trustfast.info import info_text
@@ -33,6 +46,25 @@ def main(argv: list[str] | None = None) -> int:
         from trustfast.demo import run_demo
 
         run_demo(out=args.out, seed=args.seed, resume=args.resume)
+        return 0
+    if args.command == "unlearn":
+        from trustfast.unlearn.runner import ExperimentConfig, markdown_table, run_experiment
+
+        try:
+            sparsities = [float(x) for x in args.sparsity.split(",") if x.strip()]
+        except ValueError:
+            parser.error(f"--sparsity must be comma-separated numbers, got {args.sparsity!r}")
+        cfg = ExperimentConfig(
+            dataset=args.dataset, scenario=args.scenario, forget_class=args.forget_class,
+            fraction=args.fraction, methods=[m for m in args.methods.split(",") if m.strip()],
+            sparsities=sparsities, train_epochs=args.train_epochs, seed=args.seed)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+        result = run_experiment(cfg, args.out, resume=args.resume)
+        print(markdown_table(result["rows"], cfg.sparsities))
+        print(f"[trustfast unlearn] wrote {args.out}/results.json, results.md, unlearn.png")
         return 0
     if args.command == "bench":
         from trustfast._bench.cli import run_bench

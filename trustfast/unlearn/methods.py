@@ -8,7 +8,6 @@ exactly zero ("prune first, then unlearn").
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,9 @@ METHODS = ("retrain", "ft", "ga", "rl", "ff", "iu", "l1_sparse", "salun")
 class TrainConfig:
     """SGD settings shared by the training-based methods."""
 
-    epochs: int = 10  # passes over the data the method trains on (paper: FT/RL/l1 10)
+    # passes over the data (paper: FT/RL/l1-sparse 10 against Retrain's 182; here 5 against 40
+    # keeps the paper's >= 3x run-time gap, and l1-sparse still reaches Retrain's UA on digits)
+    epochs: int = 5
     lr: float = 0.05  # SGD step size (paper: 0.01-0.1 for FT/RL/l1-sparse, 1e-5-1e-4 for GA)
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -43,16 +44,22 @@ class TrainConfig:
 class RetrainConfig(TrainConfig):
     """Retrain from scratch on the retain set (the exact-unlearning reference)."""
 
-    epochs: int = 20
-    lr: float = 0.05
+    epochs: int = 40  # the paper retrains for 182 epochs against FT's 10
 
 
 @dataclass
 class GAConfig(TrainConfig):
     """Gradient ascent on the forget set."""
 
-    epochs: int = 5
+    epochs: int = 3
     lr: float = 1e-3
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """Random labels: each epoch, the forget set with random wrong labels, then a retain pass."""
+
+    lr: float = 0.01  # 0.05 left RA at 50 % after 5 epochs on digits (0.01: 99.2 %), measured
 
 
 @dataclass
@@ -60,8 +67,8 @@ class L1SparseConfig(TrainConfig):
     """FT plus alpha_t ||theta||_1, alpha_t decaying linearly from `l1` to 0 over the epochs."""
 
     # initial l1 strength gamma (paper: 5e-5-1e-4 for ResNet-18 / CIFAR-10; a SmallCNN on digits
-    # needs 2e-3: class-wise UA 100 vs 59 at 5e-3 with lr 0.01, measured)
-    l1: float = 2e-3
+    # over 5 epochs needs 3e-3: class-wise UA 96.7 / RA 99.1 vs 68 at 2e-3, measured)
+    l1: float = 3e-3
 
 
 @dataclass
@@ -95,9 +102,10 @@ class SalUnConfig(TrainConfig):
     forget loss|, then RL restricted to that mask."""
 
     saliency: float = 0.5  # fraction of weights updated
+    lr: float = 0.01
 
 
-CONFIGS = {"retrain": RetrainConfig, "ft": TrainConfig, "ga": GAConfig, "rl": TrainConfig,
+CONFIGS = {"retrain": RetrainConfig, "ft": TrainConfig, "ga": GAConfig, "rl": RLConfig,
            "ff": FFConfig, "iu": IUConfig, "l1_sparse": L1SparseConfig, "salun": SalUnConfig}
 
 
@@ -180,7 +188,7 @@ def _num_classes(model, data) -> int:
     return out.shape[1]
 
 
-def _rl(model, splits, mask, cfg: TrainConfig, desc="RL"):
+def _rl(model, splits, mask, cfg: RLConfig | SalUnConfig, desc="RL"):
     """Each epoch: a pass on the forget set with random wrong labels, then a retain pass."""
     opt = _optimizer(model, cfg, mask)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -216,12 +224,15 @@ def _per_sample_grads(model: nn.Module, data: Dataset, batch_size: int, limit: i
 
 
 def _mean_grad(model, data, batch_size) -> torch.Tensor:
-    total, n = None, 0
-    for g in _per_sample_grads(model, data, batch_size, None, 0):
-        s = g.sum(0)
-        total = s if total is None else total + s
-        n += g.shape[0]
-    return total / max(n, 1)
+    """Flattened gradient of the mean cross-entropy over `data` (batched backward passes)."""
+    model.zero_grad(set_to_none=True)
+    device = _device(model)
+    for x, y in DataLoader(data, batch_size=batch_size):
+        fn.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return flat / len(data)
 
 
 @torch.no_grad()
@@ -257,19 +268,16 @@ def woodfisher_inverse_product(grads: torch.Tensor, v: torch.Tensor,
     memory; never forms a d x d matrix."""
     if damping <= 0:
         raise ValueError(f"damping must be > 0, got {damping}")
-    n = grads.shape[0]
-    us: list[torch.Tensor] = []  # u_j = F_(j-1)^-1 g_j / sqrt(n + g_j . F_(j-1)^-1 g_j)
-    result = v / damping
+    n, d = grads.shape
+    # rows u_j = F_(j-1)^-1 g_j / sqrt(n + g_j . F_(j-1)^-1 g_j), so that
+    # F_j^-1 = F_(j-1)^-1 - u_j u_j^T; each update is two matrix-vector products with the rows
+    # so far (a Python loop over previous rows took 1.5 s for 256 SmallCNN gradients).
+    u = torch.zeros(n, d, dtype=grads.dtype, device=grads.device)
     for j in range(n):
         g = grads[j]
-        f_inv_g = g / damping
-        for u in us:
-            f_inv_g = f_inv_g - u * (u @ g)
-        denom = math.sqrt(float(n + g @ f_inv_g))
-        u = f_inv_g / denom
-        result = result - u * (u @ v)
-        us.append(u)
-    return result
+        f_inv_g = g / damping - u[:j].T @ (u[:j] @ g)
+        u[j] = f_inv_g / torch.sqrt(n + g @ f_inv_g)
+    return v / damping - u.T @ (u @ v)
 
 
 def _iu(model, splits, mask, cfg: IUConfig):
