@@ -82,3 +82,25 @@ def test_cli_runs_and_rejects_bad_arguments(tmp_path, capsys):
         main(["unlearn", "--methods", "nope"])
     with pytest.raises(SystemExit):
         main(["unlearn", "--sparsity", "1.5"])
+
+
+def test_user_model_and_data_through_the_python_api(tmp_path):
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(240, 6, generator=gen)
+    y = (x[:, 0] * 3).long().clamp(max=2)  # three classes by the first feature
+    train, test = TensorDataset(x[:180], y[:180]), TensorDataset(x[180:], y[180:])
+    cfg = ExperimentConfig(methods=["ft"], sparsities=[0.0, 0.5], forget_class=1,
+                           train_epochs=2, prune_retrain_epochs=1)
+    result = run_experiment(cfg, str(tmp_path), model_fn=lambda: nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), train=train, test=test)
+    assert result["config"]["dataset"] == "custom"
+    assert {(r["method"], r["sparsity"]) for r in result["rows"]} == {
+        ("retrain", 0.0), ("ft", 0.0), ("retrain", 0.5), ("ft", 0.5)}
+    assert result["config"]["forget"] == int((y[:180] == 1).sum())
+    with pytest.raises(ValueError, match="methods must be"):
+        run_experiment(ExperimentConfig(methods=["nope"]), str(tmp_path / "x"), train=train,
+                       test=test)

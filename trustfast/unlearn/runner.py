@@ -46,8 +46,8 @@ class ExperimentConfig:
     rewind_epoch: int = 1  # OMP rewinds the weights to this early epoch
     seed: int = 0
 
-    def validate(self) -> None:
-        if self.dataset != "digits":
+    def validate(self, builtin_data: bool = True) -> None:
+        if builtin_data and self.dataset != "digits":
             raise ValueError(f"dataset {self.dataset!r} is not built in (only 'digits'); pass "
                              "train= and test= datasets to run_experiment instead")
         if self.scenario not in SCENARIOS:
@@ -157,8 +157,8 @@ def run_experiment(cfg: ExperimentConfig, out: str, resume: bool = False,
     """Run (or resume) the experiment; returns {"config": ..., "rows": [...]}."""
     if (train is None) != (test is None):
         raise ValueError("pass both train= and test=, or neither (built-in digits)")
+    cfg.validate(builtin_data=train is None)
     if train is None:
-        cfg.validate()
         train, test = _default_data(cfg)
     else:
         cfg = copy.deepcopy(cfg)
