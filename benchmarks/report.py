@@ -10,6 +10,10 @@ PGD (groups "pgd e2e <workload>" and "pgd_step <shape>"): median ms of every var
 (attacked examples x restarts x eps per second end to end; GB/s of the bytes the fused step must
 move for the step), the speed-up of trustfast over each row (row ms / trustfast ms) and, for the
 step, % of the copy floor measured in the same run.
+Unlearning (groups "unlearn FT epoch <model>" and "unlearn IU inverse-HVP n=<n>"): median ms of
+every variant, ms per batch (FT) or per 1,000 samples (IU: median x 1000 / n, measured at that n,
+not extrapolated), the speed-up of trustfast over each row (row ms / trustfast ms), and for IU
+the growth exponent k in t ~ n^k between the smallest and largest n timed.
 A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
@@ -17,6 +21,7 @@ Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 
@@ -27,6 +32,8 @@ GRADIENT = "gradient"
 HVP_PEER = "torch.autograd.functional.hvp"
 PGD_PREFIXES = ("pgd e2e ", "pgd_step ")
 PGD_OURS = ("trustfast batched", "trustfast pgd_step")
+UNLEARN_PREFIX = "unlearn "
+UNLEARN_OURS = ("trustfast MaskedSGD (cpp)", "trustfast woodfisher_inverse_product")
 
 
 def masked_update_table(groups: dict[str, dict[str, dict]]) -> list[str]:
@@ -102,6 +109,37 @@ def pgd_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def unlearn_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Speed-ups need the group's trustfast row; '' where absent."""
+    lines = [
+        "| group | setting | variant | median ms | per unit | trustfast speed-up |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    sizes: dict[str, dict[int, float]] = defaultdict(dict)  # IU variant -> n -> median s
+    for group, variants in groups.items():
+        med = {name: b["stats"]["median"] for name, b in variants.items()}
+        ours = next((med[n] for n in UNLEARN_OURS if n in med), None)
+        for name, b in variants.items():
+            info = b["extra_info"]
+            if info.get("bench") == "unlearn iu":
+                per = f"{med[name] * 1e6 / info['samples']:.1f} ms / 1000 samples"
+                sizes[name][info["samples"]] = med[name]
+            else:
+                per = f"{med[name] * 1e3 / info['batches']:.2f} ms / batch"
+            speedup = f"{med[name] / ours:.2f}x" if ours else ""
+            setting = info.get("setting", "")
+            if "threads" in info:
+                setting += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+            lines.append(f"| {group} | {setting} | {name} | "
+                         f"{med[name] * 1e3:.2f} | {per} | {speedup} |")
+    for name, by_n in sizes.items():
+        if len(by_n) > 1:
+            (n0, t0), (n1, t1) = min(by_n.items()), max(by_n.items())
+            growth = math.log(t1 / t0) / math.log(n1 / n0)
+            lines.append(f"\n{name}: t ~ n^{growth:.2f} from n={n0} to n={n1}")
+    return lines
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
@@ -110,7 +148,9 @@ def report(path: str) -> str:
         groups[b["group"]][b["extra_info"]["variant"]] = b
     hvp = {g: v for g, v in groups.items() if g.startswith(HVP_PREFIX)}
     pgd = {g: v for g, v in groups.items() if g.startswith(PGD_PREFIXES)}
-    masked = {g: v for g, v in groups.items() if g not in hvp and g not in pgd}
+    unlearn = {g: v for g, v in groups.items() if g.startswith(UNLEARN_PREFIX)}
+    masked = {g: v for g, v in groups.items()
+              if g not in hvp and g not in pgd and g not in unlearn}
     lines = [
         f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"date {data['datetime'][:10]}",
@@ -121,8 +161,10 @@ def report(path: str) -> str:
         lines += ["", *hvp_table(hvp)]
     if pgd:
         lines += ["", *pgd_table(pgd)]
+    if unlearn:
+        lines += ["", *unlearn_table(unlearn)]
     if len(lines) == 1:
-        lines += ["", "no masked-update, hvp or pgd groups in this file"]
+        lines += ["", "no masked-update, hvp, pgd or unlearn groups in this file"]
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -284,6 +285,52 @@ void masked_adamw_step(const std::vector<at::Tensor>& params, const std::vector<
           });
         });
       });
+}
+
+}  // namespace trustfast
+
+namespace trustfast {
+
+// True when every element of every tensor is finite. One read of each tensor, chunked across
+// threads like the updates; torch._foreach_norm(inf) took 44 ms for ResNet-18's 11.2 M
+// gradients on one CPU thread, more than the fused update it guards (17 ms).
+namespace {
+
+// x - x is 0 for finite x and NaN for +-inf and NaN, so one sum tests the whole range (kept out
+// of the dispatch macro: a pragma cannot sit inside a macro argument).
+template <typename scalar_t>
+bool range_finite(const scalar_t* data, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = begin; i < end; ++i) {
+    const acc_t x = static_cast<acc_t>(data[i]);
+    acc += x - x;
+  }
+  return acc == acc;
+}
+
+}  // namespace
+
+bool all_finite(const std::vector<at::Tensor>& tensors) {
+  if (tensors.empty()) return true;
+  for (const auto i : c10::irange(tensors.size())) {
+    TORCH_CHECK(tensors[i].device().is_cpu() && tensors[i].is_contiguous(),
+                "all_finite: tensors[", i, "] must be a contiguous CPU tensor");
+  }
+  const auto chunks = make_chunks(tensors);
+  int64_t total = 0;
+  for (const auto& t : tensors) total += t.numel();
+  std::atomic<bool> finite{true};
+  parallel_chunks(chunks, total, [&](const Chunk& c) {
+    const auto& t = tensors[c.tensor];
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "all_finite", [&] {
+      if (!range_finite(t.data_ptr<scalar_t>(), c.begin, c.end)) {
+        finite.store(false, std::memory_order_relaxed);
+      }
+    });
+  });
+  return finite.load();
 }
 
 }  // namespace trustfast

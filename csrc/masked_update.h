@@ -21,4 +21,6 @@ void masked_adamw_step(const std::vector<at::Tensor>& params, const std::vector<
                        double eps, double weight_decay, double l1, bool l1_proximal,
                        double bias_correction1, double bias_correction2_sqrt);
 
+bool all_finite(const std::vector<at::Tensor>& tensors);
+
 }  // namespace trustfast

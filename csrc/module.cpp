@@ -22,6 +22,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("x_adv"), py::arg("x_clean"), py::arg("grad"), py::arg("eps"),
         py::arg("alpha"), py::arg("l2"), py::arg("improved"), py::arg("best_adv"),
         py::arg("eps_for_division"));
+  m.def("all_finite", &trustfast::all_finite,
+        "Whether every element of every (contiguous CPU) tensor is finite", py::arg("tensors"));
   m.def("openmp_threads", []() { return at::get_num_threads(); },
         "Threads the kernels use (torch.get_num_threads())");
 }

@@ -7,6 +7,7 @@ import torch
 from conftest import KERNEL_BACKENDS, assert_close
 
 from trustfast.ops import (
+    cpp_available,
     masked_adamw_step,
     masked_adamw_step_reference,
     masked_sgd_step,
@@ -184,3 +185,22 @@ def test_nan_gradient_under_mask_never_reaches_weights(backend):
     assert torch.equal(p[0][5:], torch.zeros(5)) and torch.equal(b[0][5:], torch.zeros(5))
     assert torch.allclose(p[0][:5], torch.full((5,), 0.95))
 
+
+
+@pytest.mark.cpp
+@pytest.mark.skipif(not cpp_available(), reason="trustfast._C not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_cpp_all_finite_finds_any_nan_or_inf(dtype):
+    from trustfast._ext import cpp_extension
+
+    all_finite = cpp_extension().all_finite
+    g = torch.Generator().manual_seed(7)
+    tensors = [torch.randn(n, generator=g).to(dtype) for n in (1, 7, 40000, 100003)]
+    assert all_finite(tensors) and all_finite([])
+    for which, index in ((0, 0), (2, 39999), (3, 65537)):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            broken = [t.clone() for t in tensors]
+            broken[which][index] = bad
+            assert not all_finite(broken), (which, index, bad)
+    big = torch.full((3,), torch.finfo(dtype).max, dtype=dtype)  # large but finite
+    assert all_finite([big])

@@ -516,3 +516,19 @@ def test_masked_sgd_keeps_magnitude_masks_while_learning(data):
     acc_after = accuracy(model, batch)
     assert acc_after >= acc_before + 15.0, (acc_before, acc_after)
     assert math.isfinite(losses[-1]) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("n, d", [(1, 5), (7, 3), (40, 60)])
+def test_woodfisher_and_woodbury_equal_the_dense_inverse(n, d):
+    from trustfast.unlearn.methods import woodbury_inverse_product, woodfisher_inverse_product
+
+    gen = torch.Generator().manual_seed(n)
+    grads = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(d, generator=gen, dtype=torch.float64)
+    damping = 1e-2
+    dense = torch.linalg.solve(damping * torch.eye(d, dtype=torch.float64) + grads.T @ grads / n,
+                               v)
+    for fn in (woodfisher_inverse_product, woodbury_inverse_product):
+        torch.testing.assert_close(fn(grads, v, damping), dense, rtol=1e-8, atol=1e-10)
+        with pytest.raises(ValueError, match="damping must be > 0"):
+            fn(grads, v, 0.0)

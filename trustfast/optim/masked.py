@@ -22,9 +22,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from trustfast._ext import cpp_extension
 from trustfast.ops import masked_adamw_step, masked_sgd_step
 
 NONFINITE_POLICIES = ("skip", "raise")
+
+
+def _all_finite(grads: list[torch.Tensor]) -> bool:
+    """One fused read of every gradient: the C++ check on the CPU (ResNet-18's 11.2 M
+    gradients: torch._foreach_norm(inf) took 44 ms, more than the 17 ms update it guards),
+    torch._foreach_norm elsewhere (a fused multi-tensor kernel on CUDA)."""
+    ext = cpp_extension()
+    if ext is not None and all(g.device.type == "cpu" and g.is_contiguous() for g in grads):
+        return bool(ext.all_finite(grads))
+    norms = torch._foreach_norm(grads, math.inf)
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
 def _warning_class():
@@ -140,8 +152,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     def _grads_finite(self, group: dict, grads: list[torch.Tensor]) -> bool:
         if not grads:
             return True
-        norms = torch._foreach_norm(grads, math.inf)
-        if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+        if _all_finite(grads):
             return True
         if group["nonfinite"] == "raise":
             raise FloatingPointError("non-finite gradient (NaN or Inf); no parameter was updated")
