@@ -33,26 +33,9 @@ def magnitude_masks(model: nn.Module, sparsity: float, current: Masks | None = N
     weights = prunable_weights(model)
     if not weights:
         raise ValueError("model has no Conv/Linear weights to prune")
-    scores = []
-    for name, w in weights.items():
-        s = w.detach().abs().flatten().double().cpu()
-        if current is not None and name in current:
-            s = torch.where(current[name].flatten().cpu(), s, torch.tensor(-1.0, dtype=s.dtype))
-        scores.append(s)
-    flat = torch.cat(scores)
-    n_prune = int(round(sparsity * flat.numel()))
-    already = int((flat < 0).sum())
-    if already > n_prune:
-        raise ValueError(f"sparsity {sparsity} is below that of `current` "
-                         f"({already / flat.numel():.4g}): pruned weights would come back")
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    if n_prune:
-        keep[torch.argsort(flat, stable=True)[:n_prune]] = False
-    masks, start = {}, 0
-    for name, w in weights.items():
-        masks[name] = keep[start:start + w.numel()].view_as(w).to(w.device)
-        start += w.numel()
-    return masks
+    scores = {name: w.detach().abs().double() for name, w in weights.items()}
+    keep_all = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+    return _masks_from_scores(scores, sparsity, {**keep_all, **(current or {})})
 
 
 @torch.no_grad()
@@ -136,10 +119,15 @@ def synflow(model: nn.Module, sparsity: float, input_shape: tuple[int, ...],
 
 
 def _masks_from_scores(scores: Masks, sparsity: float, current: Masks) -> Masks:
-    flat = torch.cat([torch.where(current[k], s, torch.tensor(-1.0, dtype=s.dtype,
-                                                               device=s.device)).flatten().cpu()
-                      for k, s in scores.items()])
+    """Prune the lowest scores globally to `sparsity`, never reviving entries `current` pruned."""
+    flat = torch.cat([torch.where(current[k].to(s.device), s,
+                                  torch.tensor(-1.0, dtype=s.dtype, device=s.device))
+                      .flatten().cpu() for k, s in scores.items()])
     n_prune = int(round(sparsity * flat.numel()))
+    already = int((flat < 0).sum())
+    if already > n_prune:
+        raise ValueError(f"sparsity {sparsity} is below that of `current` "
+                         f"({already / flat.numel():.4g}): pruned weights would come back")
     keep = torch.ones(flat.numel(), dtype=torch.bool)
     if n_prune:
         keep[torch.argsort(flat, stable=True)[:n_prune]] = False
