@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import torch
+from torch.nn.functional import interpolate
 from torch.utils.data import TensorDataset
 
 
-def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """(train, test) TensorDatasets of (image [1, 8, 8] float32 in [0, 1], label int64).
+def digits(test_fraction: float = 0.2, seed: int = 0, size: int = 8,
+           channels: int = 1) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) TensorDatasets of (image [channels, size, size] float32 in [0, 1], label).
 
-    The split is random (not stratified) and seeded: the same seed gives the same split everywhere.
+    The split is random (not stratified) and seeded: the same seed gives the same split
+    everywhere. `size` > 8 upsamples bilinearly (e.g. 32 for CIFAR-style models such as
+    `trustfast.models.resnet18`); `channels` = 3 repeats the gray channel.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an int >= 8, got {size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     from sklearn.datasets import load_digits
 
     raw = load_digits()
     images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if size != 8:
+        images = interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        images = images.clamp(0.0, 1.0)
+    images = images.expand(-1, channels, -1, -1).contiguous()
     labels = torch.tensor(raw.target, dtype=torch.int64)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(labels)))
