@@ -21,6 +21,7 @@ from trustfast.models import SmallCNN
 from trustfast.ops import select_backend
 from trustfast.optim import MaskedSGD
 from trustfast.sparsity import global_magnitude_masks, mask_sparsity
+from trustfast.utils import pyplot
 
 
 def _evaluate(model: nn.Module, data) -> float:
@@ -90,11 +91,7 @@ def masked_training_section(out: str, seed: int, resume: bool) -> list[dict]:
 
 
 def _plot_losses(curves: dict[str, list[float]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     offset = 0
     for name, losses in curves.items():
@@ -162,11 +159,7 @@ def bilevel_section(out: str, seed: int, resume: bool) -> list[dict]:
 
 
 def _plot_bilevel(ridge: dict, cleaning_val_loss: list[float], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
     ax1.plot(ridge["val_loss"], marker=".")
     ax1.set_xlabel("outer step")
@@ -210,11 +203,7 @@ def robustness_section(out: str, seed: int, resume: bool) -> list[dict]:
 
 
 def _plot_robustness(eps: list[float], acc: list[float], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot([e * 255 for e in eps], acc, marker="o")
     ax.set_xlabel("eps (x 1/255, L-inf)")

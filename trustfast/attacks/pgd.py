@@ -14,26 +14,14 @@ model is put in eval mode during the attack and every module's mode is restored 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as fn
 
 from trustfast.ops.pgd_step import NORMS, pgd_step
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run with every module in eval mode; restore each module's own mode afterwards."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
+from trustfast.utils import eval_mode
 
 
 def _as_list(name: str, value) -> list[float]:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.attacks.pgd import PGD, eval_mode
+from trustfast.attacks.pgd import PGD
+from trustfast.utils import eval_mode
 
 
 @dataclass

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trustfast.unlearn.splits import Splits
+from trustfast.utils import eval_mode
 
 METRICS = ("UA", "MIA", "RA", "TA")
 
@@ -20,16 +21,12 @@ def _device(model: nn.Module) -> torch.device:
 def true_label_probs(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
     """softmax(f(x))[y] for every sample (the MIA's confidence feature), in eval mode; NaN
     outputs count as probability 0."""
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             # a diverged model (e.g. gradient ascent run too long) gives NaN: count it as 0
             probs = torch.softmax(model(x.to(_device(model))).float(), dim=1).nan_to_num(0.0)
             out.append(probs.gather(1, y.to(probs.device).long().view(-1, 1)).flatten().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -38,15 +35,11 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float
     """Top-1 accuracy in % (eval mode)."""
     if len(dataset) == 0:
         raise ValueError("accuracy of an empty dataset")
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with eval_mode(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             pred = model(x.to(_device(model))).argmax(1).cpu()
             correct += int((pred == y.long()).sum())
-    finally:
-        model.train(was_training)
     return 100.0 * correct / len(dataset)
 
 

@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trustfast.sparsity import mask_sparsity, prunable_weights
+from trustfast.sparsity import Masks, mask_sparsity, masks_from_scores, prunable_weights
 
-Masks = dict[str, torch.Tensor]
+# the unlearning API's name for global magnitude pruning (one implementation, in sparsity.py)
+from trustfast.sparsity import global_magnitude_masks as magnitude_masks
+
 # retrain(model, masks): train `model` in place under `masks` (e.g. with MaskedSGD).
 Retrain = Callable[[nn.Module, Masks], None]
 
@@ -23,19 +25,6 @@ Retrain = Callable[[nn.Module, Masks], None]
 def _check_sparsity(sparsity: float) -> None:
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-
-
-@torch.no_grad()
-def magnitude_masks(model: nn.Module, sparsity: float, current: Masks | None = None) -> Masks:
-    """Global magnitude pruning to total `sparsity` among the prunable weights; weights already
-    pruned by `current` stay pruned (ties at the threshold are pruned first, by position)."""
-    _check_sparsity(sparsity)
-    weights = prunable_weights(model)
-    if not weights:
-        raise ValueError("model has no Conv/Linear weights to prune")
-    scores = {name: w.detach().abs().double() for name, w in weights.items()}
-    keep_all = {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
-    return _masks_from_scores(scores, sparsity, {**keep_all, **(current or {})})
 
 
 @torch.no_grad()
@@ -114,28 +103,8 @@ def synflow(model: nn.Module, sparsity: float, input_shape: tuple[int, ...],
         torch.sum(probe(ones)).backward()
         scores = {name: (w.grad * w).detach().abs() for name, w in weights.items()}
         target = 1 - (1 - sparsity) ** (k / rounds)
-        masks = _masks_from_scores(scores, target, masks)
+        masks = masks_from_scores(scores, target, masks)
     return {k: m.to(model.get_parameter(k).device) for k, m in masks.items()}
-
-
-def _masks_from_scores(scores: Masks, sparsity: float, current: Masks) -> Masks:
-    """Prune the lowest scores globally to `sparsity`, never reviving entries `current` pruned."""
-    flat = torch.cat([torch.where(current[k].to(s.device), s,
-                                  torch.tensor(-1.0, dtype=s.dtype, device=s.device))
-                      .flatten().cpu() for k, s in scores.items()])
-    n_prune = int(round(sparsity * flat.numel()))
-    already = int((flat < 0).sum())
-    if already > n_prune:
-        raise ValueError(f"sparsity {sparsity} is below that of `current` "
-                         f"({already / flat.numel():.4g}): pruned weights would come back")
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    if n_prune:
-        keep[torch.argsort(flat, stable=True)[:n_prune]] = False
-    out, start = {}, 0
-    for k, s in scores.items():
-        out[k] = keep[start:start + s.numel()].view_as(s).to(s.device)
-        start += s.numel()
-    return out
 
 
 def save_masks(path: str, masks: Masks) -> None:

@@ -27,6 +27,7 @@ from trustfast.unlearn.methods import METHODS, unlearn
 from trustfast.unlearn.metrics import disparity_average, evaluate
 from trustfast.unlearn.pruning import omp
 from trustfast.unlearn.splits import Splits, classwise, random_fraction
+from trustfast.utils import pyplot
 
 SCENARIOS = ("classwise", "random")
 
@@ -218,11 +219,7 @@ def markdown_table(rows: list[dict], sparsities: list[float]) -> str:
 
 
 def _plot(rows: list[dict], sparsities: list[float], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["method"], r["sparsity"]): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
