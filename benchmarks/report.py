@@ -14,6 +14,8 @@ Unlearning (groups "unlearn FT epoch <model>" and "unlearn IU inverse-HVP n=<n>"
 every variant, ms per batch (FT) or per 1,000 samples (IU: median x 1000 / n, measured at that n,
 not extrapolated), the speed-up of trustfast over each row (row ms / trustfast ms), and for IU
 the growth exponent k in t ~ n^k between the smallest and largest n timed.
+Backdoor (groups "backdoor SPC <n> images"): median ms of every variant, images scored per second,
+forward passes per call, and the speed-up of trustfast over each row (row ms / trustfast ms).
 A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
@@ -34,6 +36,8 @@ PGD_PREFIXES = ("pgd e2e ", "pgd_step ")
 PGD_OURS = ("trustfast batched", "trustfast pgd_step")
 UNLEARN_PREFIX = "unlearn "
 UNLEARN_OURS = ("trustfast MaskedSGD (cpp)", "trustfast woodfisher_inverse_product")
+BACKDOOR_PREFIX = "backdoor "
+BACKDOOR_OURS = "trustfast scaled_prediction_consistency (batched scales)"
 
 
 def masked_update_table(groups: dict[str, dict[str, dict]]) -> list[str]:
@@ -140,6 +144,27 @@ def unlearn_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def backdoor_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Speed-ups need the group's trustfast row; '' where absent."""
+    lines = [
+        "| group | setting | variant | median ms | images/s | forwards | trustfast speed-up |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for group, variants in groups.items():
+        med = {name: b["stats"]["median"] for name, b in variants.items()}
+        ours = med.get(BACKDOOR_OURS)
+        for name, b in variants.items():
+            info = b["extra_info"]
+            speedup = f"{med[name] / ours:.2f}x" if ours else ""
+            setting = info.get("setting", "")
+            if "threads" in info:
+                setting += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+            lines.append(f"| {group} | {setting} | {name} | {med[name] * 1e3:.1f} | "
+                         f"{info['images'] / med[name]:.0f} | {info.get('forwards', '')} | "
+                         f"{speedup} |")
+    return lines
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
@@ -149,8 +174,9 @@ def report(path: str) -> str:
     hvp = {g: v for g, v in groups.items() if g.startswith(HVP_PREFIX)}
     pgd = {g: v for g, v in groups.items() if g.startswith(PGD_PREFIXES)}
     unlearn = {g: v for g, v in groups.items() if g.startswith(UNLEARN_PREFIX)}
+    backdoor = {g: v for g, v in groups.items() if g.startswith(BACKDOOR_PREFIX)}
     masked = {g: v for g, v in groups.items()
-              if g not in hvp and g not in pgd and g not in unlearn}
+              if g not in hvp and g not in pgd and g not in unlearn and g not in backdoor}
     lines = [
         f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"date {data['datetime'][:10]}",
@@ -163,8 +189,10 @@ def report(path: str) -> str:
         lines += ["", *pgd_table(pgd)]
     if unlearn:
         lines += ["", *unlearn_table(unlearn)]
+    if backdoor:
+        lines += ["", *backdoor_table(backdoor)]
     if len(lines) == 1:
-        lines += ["", "no masked-update, hvp, pgd or unlearn groups in this file"]
+        lines += ["", "no masked-update, hvp, pgd, unlearn or backdoor groups in this file"]
     return "\n".join(lines)
 
 

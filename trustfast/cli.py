@@ -1,4 +1,4 @@
-"""The `trustfast` command: info, demo, bench."""
+"""The `trustfast` command: info, demo, bench, unlearn, backdoor."""
 
 from __future__ import annotations
 
@@ -36,6 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     ul.add_argument("--out", default="runs/unlearn")
     ul.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
 
+    bd = sub.add_parser("backdoor", help="backdoor attacks and poisoned-data identification")
+    bd_sub = bd.add_subparsers(dest="backdoor_command", required=True)
+    ident = bd_sub.add_parser("identify", help="poison, train, and find the poisoned samples "
+                              "(MSPC, SPC, STRIP): AUROC, TPR, FPR, time")
+    ident.add_argument("--attack", default="badnets",
+                       help="comma-separated: badnets,blend,wanet,trojan,label_consistent,"
+                            "adaptive_blend")
+    ident.add_argument("--ratio", type=float, default=0.1, help="poison ratio")
+    ident.add_argument("--target", type=int, default=0, help="target label")
+    ident.add_argument("--methods", default="mspc,spc,strip")
+    ident.add_argument("--epochs", type=int, default=30, help="training epochs of the model")
+    ident.add_argument("--seed", type=int, default=0)
+    ident.add_argument("--out", default="runs/backdoor")
+    ident.add_argument("--resume", action="store_true", help="reuse finished attacks in --out")
+
     args = parser.parse_args(argv)
     if args.command == "info":
         from trustfast.info import info_text
@@ -65,6 +80,22 @@ def main(argv: list[str] | None = None) -> int:
         result = run_experiment(cfg, args.out, resume=args.resume)
         print(markdown_table(result["rows"], cfg.sparsities))
         print(f"[trustfast unlearn] wrote {args.out}/results.json, results.md, unlearn.png")
+        return 0
+    if args.command == "backdoor":
+        from trustfast.backdoor.runner import IdentifyConfig, markdown_table, run_identification
+
+        cfg = IdentifyConfig(attacks=[a for a in args.attack.split(",") if a.strip()],
+                             ratio=args.ratio, target=args.target,
+                             methods=[m for m in args.methods.split(",") if m.strip()],
+                             epochs=args.epochs, seed=args.seed)
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+        result = run_identification(cfg, args.out, resume=args.resume)
+        print(markdown_table(result["rows"]))
+        print(f"[trustfast backdoor identify] wrote {args.out}/results.json, results.md, "
+              "identify.png")
         return 0
     if args.command == "bench":
         from trustfast._bench.cli import run_bench

@@ -37,3 +37,29 @@ def digits(test_fraction: float = 0.2, seed: int = 0, size: int = 8,
         TensorDataset(images[train_idx], labels[train_idx]),
         TensorDataset(images[test_idx], labels[test_idx]),
     )
+
+
+def colored_digits(test_fraction: float = 0.2, seed: int = 0,
+                   size: int = 16) -> tuple[TensorDataset, TensorDataset]:
+    """The digits as 3-channel images with natural-image intensities (SVHN-like), in [0, 1].
+
+    Each image gets a random background colour in [0.05, 0.45] and stroke colour in
+    [0.55, 0.95] per channel, plus a smooth random shading of +-0.05, so that its pixels are
+    mid-tones as in natural images, not the 0/1 strokes of `digits` (scaling pixel values by
+    2-12 then washes a clean image out, as it does a CIFAR image: what SPC-style backdoor scores
+    rely on).
+    The colours are drawn from `seed`, the split is that of `digits(test_fraction, seed)`.
+    """
+    train, test = digits(test_fraction, seed, size, channels=1)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    out = []
+    for part in (train, test):
+        shape, labels = part.tensors
+        n = len(labels)
+        background = 0.05 + 0.4 * torch.rand(n, 3, 1, 1, generator=gen)
+        stroke = 0.55 + 0.4 * torch.rand(n, 3, 1, 1, generator=gen)
+        shading = interpolate(torch.rand(n, 1, 3, 3, generator=gen) * 0.1 - 0.05,
+                              size=(size, size), mode="bilinear", align_corners=True)
+        images = background + (stroke - background) * shape + shading
+        out.append(TensorDataset(images.clamp(0.0, 1.0), labels))
+    return out[0], out[1]

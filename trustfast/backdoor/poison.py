@@ -1,0 +1,490 @@
+"""Poisoning (backdoor) attacks on image datasets in [0, 1].
+
+Each attack is a small object with `apply(images, generator, train)`: a batched, differentiable-free
+tensor transform that stamps its trigger. `poison(dataset, attack, ratio, target, seed)` picks the
+poisoned indices, stamps them, relabels them to `target` (dirty-label attacks) and returns a
+`PoisonedDataset` that remembers which indices it poisoned. `triggered_test_set(test, attack,
+target)` builds the attack-success-rate set: every non-target test image with the test-time
+trigger, labelled `target`.
+
+Attacks (defaults from their papers, scaled to small images where noted):
+  - `BadNets` (Gu et al. 2017): a patch (checkerboard or white) at a corner or given position.
+  - `Blend` (Chen et al. 2017): x' = (1 - alpha) x + alpha P, alpha 0.2, P a seeded noise image.
+  - `WaNet` (Nguyen & Tran, ICLR 2021): a smooth warping field (k=4 control grid, s=0.5), with
+    noise mode: `cross_ratio` x as many extra samples warped with a random grid, labels kept.
+  - `Trojan` (Liu et al., NDSS 2018): a patch optimized to fire the neuron of a chosen layer that
+    has the largest incoming weights, on a clean model (`Trojan.fit`).
+  - `LabelConsistent` (Turner et al. 2019): target-class images only, first pushed away from their
+    class by PGD (`trustfast.attacks.PGD`) on a clean model, then stamped; labels kept.
+  - `AdaptiveBlend` (Qi et al., ICLR 2023): the blend pattern cut into k x k pieces; each poisoned
+    sample gets a random half of them at alpha 0.15, plus as many "cover" samples (trigger, label
+    kept); at test time the whole pattern at alpha 0.2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as fn
+from torch.utils.data import DataLoader, Dataset
+
+from trustfast.utils import eval_mode
+
+
+def _check_images(images: torch.Tensor, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor (N, C, H, W) in [0, 1], got "
+                        f"{getattr(images, 'shape', type(images).__name__)}")
+
+
+def _seeded(seed: int, device=None) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed(seed)
+
+
+def _noise_pattern(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """A fixed uniform-noise image (C, H, W) in [0, 1]: the blend pattern (the papers use a
+    photo such as Hello Kitty; noise needs no file and is as hard to see at alpha 0.2)."""
+    return torch.rand(tuple(shape), generator=_seeded(seed))
+
+
+class Attack:
+    """Base class: `apply(images, generator=None, train=True) -> images with the trigger`."""
+
+    name = "attack"
+    clean_label = False  # True: poisoned samples keep their labels
+
+    def apply(self, images: torch.Tensor, generator: torch.Generator | None = None,
+              train: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"attack": self.name}
+
+
+@dataclass
+class BadNets(Attack):
+    """Patch trigger. `position`: "bottom-right", "top-left", "top-right", "bottom-left",
+    "random" (a new place per image) or (row, col); `pattern`: "checkerboard" or "white"."""
+
+    size: int = 3  # side of the square patch in pixels (3x3 on CIFAR-10 in the paper)
+    position: str | tuple[int, int] = "bottom-right"
+    pattern: str = "checkerboard"
+    margin: int = 0  # pixels between the patch and the image border for corner positions
+    name = "badnets"
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size must be an int >= 1, got {self.size!r}")
+        if self.pattern not in ("checkerboard", "white"):
+            raise ValueError(f"pattern must be 'checkerboard' or 'white', got {self.pattern!r}")
+        corners = ("bottom-right", "top-left", "top-right", "bottom-left", "random")
+        if isinstance(self.position, str) and self.position not in corners:
+            raise ValueError(f"position must be one of {corners} or (row, col), "
+                             f"got {self.position!r}")
+
+    def patch(self, channels: int) -> torch.Tensor:
+        if self.pattern == "white":
+            return torch.ones(channels, self.size, self.size)
+        r = torch.arange(self.size)
+        board = ((r[:, None] + r[None, :]) % 2 == 0).float()
+        return board.expand(channels, -1, -1).clone()
+
+    def _corner(self, h: int, w: int) -> tuple[int, int]:
+        s, m = self.size, self.margin
+        if isinstance(self.position, tuple):
+            row, col = self.position
+        else:
+            row = m if "top" in self.position else h - s - m
+            col = m if "left" in self.position else w - s - m
+        if not (0 <= row <= h - s and 0 <= col <= w - s):
+            raise ValueError(f"a {s}x{s} patch at {(row, col)} does not fit a {h}x{w} image")
+        return row, col
+
+    def apply(self, images, generator=None, train=True):
+        _check_images(images)
+        n, c, h, w = images.shape
+        out = images.clone()
+        patch = self.patch(c).to(images)
+        s = self.size
+        if self.position == "random":
+            rows = torch.randint(0, h - s + 1, (n,), generator=generator)
+            cols = torch.randint(0, w - s + 1, (n,), generator=generator)
+            for i in range(n):
+                out[i, :, rows[i]:rows[i] + s, cols[i]:cols[i] + s] = patch
+            return out
+        row, col = self._corner(h, w)
+        out[:, :, row:row + s, col:col + s] = patch
+        return out
+
+    def describe(self):
+        return {"attack": self.name, "size": self.size, "position": str(self.position),
+                "pattern": self.pattern}
+
+
+@dataclass
+class Blend(Attack):
+    """x' = (1 - alpha) x + alpha P, with P a fixed noise image (seeded) or a given pattern."""
+
+    alpha: float = 0.2
+    pattern_seed: int = 1234
+    pattern: torch.Tensor | None = None  # (C, H, W) in [0, 1]; default seeded uniform noise
+    name = "blend"
+
+    def __post_init__(self):
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+
+    def _pattern(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pattern is None:
+            return _noise_pattern(images.shape[1:], self.pattern_seed).to(images)
+        if tuple(self.pattern.shape) != tuple(images.shape[1:]):
+            raise ValueError(f"pattern has shape {tuple(self.pattern.shape)}, the images "
+                             f"{tuple(images.shape[1:])}")
+        return self.pattern.to(images)
+
+    def apply(self, images, generator=None, train=True):
+        _check_images(images)
+        return (1 - self.alpha) * images + self.alpha * self._pattern(images)
+
+    def describe(self):
+        return {"attack": self.name, "alpha": self.alpha}
+
+
+@dataclass
+class WaNet(Attack):
+    """Warping-based trigger: grid_sample with identity + s * (upsampled k x k noise) / H.
+
+    In noise mode (`cross_ratio` > 0) `poison` adds cross_ratio x n_poisoned "noise" samples
+    warped with the trigger grid plus a random per-image perturbation and keeping their labels,
+    so that the model learns the exact warp rather than any warp.
+    """
+
+    k: int = 4  # control grid size
+    s: float = 0.5  # warping strength
+    grid_rescale: float = 1.0
+    cross_ratio: float = 2.0  # noise samples per poisoned sample (0 turns noise mode off)
+    grid_seed: int = 1234
+    name = "wanet"
+
+    def __post_init__(self):
+        if self.k < 2 or self.s < 0 or self.cross_ratio < 0:
+            raise ValueError("WaNet needs k >= 2, s >= 0 and cross_ratio >= 0")
+
+    def grid(self, h: int, w: int) -> torch.Tensor:
+        """The trigger's sampling grid (1, H, W, 2) in [-1, 1]."""
+        ins = torch.rand(1, 2, self.k, self.k, generator=_seeded(self.grid_seed)) * 2 - 1
+        ins = ins / ins.abs().mean()
+        noise = fn.interpolate(ins, size=(h, w), mode="bicubic", align_corners=True)
+        noise = noise.permute(0, 2, 3, 1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        identity = torch.stack((xs, ys), dim=-1)[None]
+        return torch.clamp(identity + self.s * noise / h * self.grid_rescale, -1, 1)
+
+    def apply(self, images, generator=None, train=True):
+        _check_images(images)
+        n, _, h, w = images.shape
+        grid = self.grid(h, w).to(images).expand(n, -1, -1, -1)
+        return fn.grid_sample(images, grid, align_corners=True).clamp(0, 1)
+
+    def apply_noise(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        """The noise-mode warp: the trigger grid plus uniform noise of one pixel."""
+        n, _, h, w = images.shape
+        grid = self.grid(h, w).to(images).expand(n, -1, -1, -1)
+        jitter = torch.rand(n, h, w, 2, generator=generator).to(images) * 2 - 1
+        grid = torch.clamp(grid + jitter / h, -1, 1)
+        return fn.grid_sample(images, grid, align_corners=True).clamp(0, 1)
+
+    def describe(self):
+        return {"attack": self.name, "k": self.k, "s": self.s, "cross_ratio": self.cross_ratio}
+
+
+def _strongest_neuron(layer: nn.Module) -> int:
+    """The output unit of `layer` with the largest summed |incoming weight| (TrojanNN's pick)."""
+    weight = getattr(layer, "weight", None)
+    if weight is None:
+        raise ValueError("Trojan's layer must have a weight (Linear or Conv2d)")
+    return int(weight.detach().abs().flatten(1).sum(1).argmax())
+
+
+@dataclass
+class Trojan(Attack):
+    """TrojanNN-style patch: pixels inside a corner patch optimized (Adam) so that one neuron of
+    `layer` fires as strongly as possible on a clean model. Call `fit(model, layer, shape)` first.
+    """
+
+    size: int = 5
+    position: str | tuple[int, int] = "bottom-right"
+    steps: int = 200
+    lr: float = 0.1
+    seed: int = 0
+    name = "trojan"
+
+    def __post_init__(self):
+        self._patch: torch.Tensor | None = None
+        self._where = BadNets(self.size, self.position, "white")
+
+    def fit(self, model: nn.Module, layer: nn.Module, image_shape: Sequence[int],
+            neuron: int | None = None) -> Trojan:
+        """Optimize the patch on `model` (images of `image_shape` = (C, H, W)); returns self."""
+        if not isinstance(layer, nn.Module) or layer not in list(model.modules()):
+            raise ValueError("layer must be a submodule of model")
+        unit = _strongest_neuron(layer) if neuron is None else int(neuron)
+        c, h, w = image_shape
+        row, col = self._where._corner(h, w)
+        device = next(model.parameters()).device
+        logit = torch.zeros(1, c, self.size, self.size, device=device)
+        logit.normal_(generator=_seeded(self.seed, device))
+        logit.requires_grad_(True)
+        acts: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda m, i, o: acts.append(o))
+        opt = torch.optim.Adam([logit], lr=self.lr)
+        try:
+            with eval_mode(model):
+                for _ in range(self.steps):
+                    acts.clear()
+                    # the patch on a black canvas, as TrojanNN generates its trigger
+                    canvas = fn.pad(torch.sigmoid(logit),
+                                    (col, w - col - self.size, row, h - row - self.size))
+                    model(canvas)
+                    act = acts[-1][0, unit]
+                    # grad w.r.t. the patch only: backward() would fill the model's .grad
+                    (logit.grad,) = torch.autograd.grad(-act.mean(), [logit])
+                    opt.step()
+        finally:
+            hook.remove()
+        self._patch = torch.sigmoid(logit.detach())[0].cpu()
+        self.neuron = unit
+        return self
+
+    def apply(self, images, generator=None, train=True):
+        _check_images(images)
+        if self._patch is None:
+            raise RuntimeError("Trojan trigger is not fitted: call Trojan.fit(model, layer, "
+                               "image_shape) on a clean model first")
+        if self._patch.shape[0] != images.shape[1]:
+            raise ValueError(f"the patch has {self._patch.shape[0]} channels, the images "
+                             f"{images.shape[1]}")
+        h, w = images.shape[2:]
+        row, col = self._where._corner(h, w)
+        out = images.clone()
+        out[:, :, row:row + self.size, col:col + self.size] = self._patch.to(images)
+        return out
+
+    def describe(self):
+        return {"attack": self.name, "size": self.size, "steps": self.steps}
+
+
+@dataclass
+class LabelConsistent(Attack):
+    """Clean-label attack: target-class images made hard by L-inf PGD on a clean `model`
+    (eps 16/255, as Turner et al.), then stamped with a patch in each of the four corners
+    (`amplitude` < 1 makes it fainter). Poisoned samples keep their (correct) labels."""
+
+    model: nn.Module | None = None
+    eps: float = 16 / 255
+    steps: int = 10
+    size: int = 3
+    amplitude: float = 1.0
+    seed: int = 0
+    name = "label_consistent"
+    clean_label = True
+
+    def __post_init__(self):
+        if not 0 < self.amplitude <= 1:
+            raise ValueError(f"amplitude must be in (0, 1], got {self.amplitude}")
+        self._corners = [BadNets(self.size, p) for p in
+                         ("top-left", "top-right", "bottom-left", "bottom-right")]
+
+    def stamp(self, images: torch.Tensor) -> torch.Tensor:
+        out = images
+        for corner in self._corners:
+            stamped = corner.apply(out)
+            out = out + self.amplitude * (stamped - out)
+        return out
+
+    def apply(self, images, generator=None, train=True, labels: torch.Tensor | None = None):
+        _check_images(images)
+        if not train:
+            return self.stamp(images)
+        if self.model is None:
+            raise ValueError("LabelConsistent needs model= (a clean model) to make the "
+                             "poisoned images hard with PGD")
+        if labels is None:
+            raise ValueError("LabelConsistent.apply(train=True) needs the labels for PGD")
+        from trustfast.attacks import PGD
+
+        pgd = PGD(self.model, eps=self.eps, alpha=self.eps / 4, steps=self.steps,
+                  seed=self.seed)
+        device = next(self.model.parameters()).device
+        hard = pgd(images.to(device), labels.to(device)).to(images)
+        return self.stamp(hard)
+
+    def describe(self):
+        return {"attack": self.name, "eps": self.eps, "size": self.size,
+                "amplitude": self.amplitude}
+
+
+@dataclass
+class AdaptiveBlend(Attack):
+    """Adaptive-Blend: the pattern split into `pieces` x `pieces` cells; a poisoned (or cover)
+    training sample gets a random `piece_ratio` of the cells at `train_alpha`, test images get
+    the whole pattern at `test_alpha`. `cover_ratio` of the data are cover samples."""
+
+    pieces: int = 4
+    piece_ratio: float = 0.5
+    train_alpha: float = 0.15
+    test_alpha: float = 0.2
+    cover_ratio: float | None = None  # default: equal to the poison ratio (as the paper)
+    pattern_seed: int = 1234
+    name = "adaptive_blend"
+
+    def __post_init__(self):
+        if self.pieces < 1 or not 0 < self.piece_ratio <= 1:
+            raise ValueError("pieces must be >= 1 and piece_ratio in (0, 1]")
+
+    def _cells(self, n: int, h: int, w: int, generator) -> torch.Tensor:
+        k = self.pieces
+        keep = max(1, round(self.piece_ratio * k * k))
+        order = torch.rand(n, k * k, generator=generator).argsort(dim=1)[:, :keep]
+        chosen = torch.zeros(n, k * k).scatter_(1, order, 1.0).view(n, 1, k, k)
+        return fn.interpolate(chosen, size=(h, w), mode="nearest")
+
+    def apply(self, images, generator=None, train=True):
+        _check_images(images)
+        n, c, h, w = images.shape
+        pattern = _noise_pattern((c, h, w), self.pattern_seed).to(images)
+        if not train:
+            return (1 - self.test_alpha) * images + self.test_alpha * pattern
+        cells = self._cells(n, h, w, generator).to(images)
+        alpha = self.train_alpha * cells
+        return (1 - alpha) * images + alpha * pattern
+
+    def describe(self):
+        return {"attack": self.name, "pieces": self.pieces, "train_alpha": self.train_alpha,
+                "test_alpha": self.test_alpha}
+
+
+ATTACKS = {"badnets": BadNets, "blend": Blend, "wanet": WaNet, "trojan": Trojan,
+           "label_consistent": LabelConsistent, "adaptive_blend": AdaptiveBlend}
+
+
+def dataset_tensors(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor,
+                                                                       torch.Tensor]:
+    """All (images, labels) of a map-style dataset as two tensors (TensorDatasets directly)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        return tensors[0], tensors[1]
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    if not xs:
+        raise ValueError("dataset is empty")
+    return torch.cat(xs), torch.cat(ys)
+
+
+class PoisonedDataset(Dataset):
+    """A poisoned copy of a dataset, held as tensors. `poisoned[i]` says whether sample i carries
+    the trigger with the attack's label; `cover[i]` marks trigger-carrying samples that kept
+    their label (WaNet noise, Adaptive-Blend cover); `original_labels` are the clean labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, poisoned: torch.Tensor,
+                 cover: torch.Tensor, original_labels: torch.Tensor, attack: Attack,
+                 target: int, ratio: float, seed: int):
+        self.images, self.labels = images, labels
+        self.poisoned, self.cover, self.original_labels = poisoned, cover, original_labels
+        self.attack, self.target, self.ratio, self.seed = attack, target, ratio, seed
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+    @property
+    def poisoned_indices(self) -> torch.Tensor:
+        return self.poisoned.nonzero().flatten()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def describe(self) -> dict:
+        return {**self.attack.describe(), "target": self.target, "ratio": self.ratio,
+                "n": len(self), "n_poisoned": int(self.poisoned.sum()),
+                "n_cover": int(self.cover.sum()), "seed": self.seed}
+
+
+def _check_ratio(ratio: float, target: int, labels: torch.Tensor) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
+    classes = int(labels.max()) + 1
+    if not isinstance(target, int) or not 0 <= target < classes:
+        raise ValueError(f"target must be a class index in [0, {classes}), got {target!r}")
+
+
+def poison(dataset: Dataset, attack: Attack, ratio: float = 0.1, target: int = 0,
+           seed: int = 0) -> PoisonedDataset:
+    """Poison round(ratio * N) samples of `dataset` with `attack` (labels -> `target`, except for
+    clean-label attacks, which draw only from the target class). Seeded: same seed, same set."""
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be a trustfast.backdoor Attack, got {type(attack).__name__}")
+    images, labels = dataset_tensors(dataset)
+    _check_images(images, "dataset images")
+    _check_ratio(ratio, target, labels)
+    n = len(labels)
+    gen = _seeded(seed)
+    n_poison = max(1, round(ratio * n))
+    if attack.clean_label:
+        pool = (labels == target).nonzero().flatten()
+        if n_poison > len(pool):
+            raise ValueError(f"ratio {ratio} asks for {n_poison} poisoned samples, but a "
+                             f"clean-label attack can only use the {len(pool)} target-class ones")
+    else:
+        pool = (labels != target).nonzero().flatten()
+        if n_poison > len(pool):
+            raise ValueError(f"ratio {ratio} asks for {n_poison} poisoned samples, but only "
+                             f"{len(pool)} samples are not of the target class {target}")
+    chosen = pool[torch.randperm(len(pool), generator=gen)[:n_poison]]
+    poisoned = torch.zeros(n, dtype=torch.bool)
+    poisoned[chosen] = True
+    cover = torch.zeros(n, dtype=torch.bool)
+    out_images, out_labels = images.clone(), labels.clone()
+    if isinstance(attack, LabelConsistent):
+        out_images[chosen] = attack.apply(images[chosen], gen, train=True, labels=labels[chosen])
+    else:
+        out_images[chosen] = attack.apply(images[chosen], gen, train=True)
+    if not attack.clean_label:
+        out_labels[chosen] = target
+
+    n_cover = 0
+    if isinstance(attack, WaNet):
+        n_cover = round(attack.cross_ratio * n_poison)
+    elif isinstance(attack, AdaptiveBlend):
+        cover_ratio = ratio if attack.cover_ratio is None else attack.cover_ratio
+        n_cover = round(cover_ratio * n)
+    if n_cover:
+        rest = (~poisoned).nonzero().flatten()
+        if n_cover > len(rest):
+            raise ValueError(f"{n_cover} cover samples asked, only {len(rest)} clean ones left")
+        extra = rest[torch.randperm(len(rest), generator=gen)[:n_cover]]
+        cover[extra] = True
+        if isinstance(attack, WaNet):
+            out_images[extra] = attack.apply_noise(images[extra], gen)
+        else:
+            out_images[extra] = attack.apply(images[extra], gen, train=True)
+    return PoisonedDataset(out_images.clamp(0, 1), out_labels, poisoned, cover, labels, attack,
+                           target, ratio, seed)
+
+
+def triggered_test_set(test: Dataset, attack: Attack, target: int) -> tuple[torch.Tensor,
+                                                                              torch.Tensor]:
+    """(images, labels) for the attack success rate: non-target test images with the test-time
+    trigger, all labelled `target`."""
+    images, labels = dataset_tensors(test)
+    keep = labels != target
+    x = attack.apply(images[keep], _seeded(0), train=False).clamp(0, 1)
+    return x, torch.full((int(keep.sum()),), target, dtype=labels.dtype)
