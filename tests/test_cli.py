@@ -52,8 +52,13 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     robust = [r["robust_acc_%"] for r in result["rows"] if r["section"] == "robustness"]
     assert len(robust) == 6 and robust[0] > 90 and robust[-1] < robust[0] - 20
     assert all(a >= b for a, b in zip(robust, robust[1:])), robust  # falls with eps
+    backdoor = {r["stage"]: r for r in result["rows"] if r["section"] == "backdoor"}
+    assert set(backdoor) == {"badnets / mspc", "badnets / spc", "badnets / strip"}
+    assert backdoor["badnets / mspc"]["clean_acc"] > 90 and backdoor["badnets / mspc"]["ASR"] > 90
+    assert all(0.0 <= r["AUROC"] <= 1.0 for r in backdoor.values())
+    assert backdoor["badnets / strip"]["TPR"] is None  # STRIP has no threshold-free split
     for name in ("results.md", "masked_training_loss.png", "bilevel.png", "robustness.png",
-                 "robustness.json"):
+                 "robustness.json", "backdoor/identify.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
     # --resume reuses the finished checkpoints: same training rows, no retraining
