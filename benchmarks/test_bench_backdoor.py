@@ -19,7 +19,6 @@ overhead dominates (a GPU, with a larger batch_size).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -27,6 +26,7 @@ import os
 import pytest
 import torch
 
+from trustfast._bench.timing import intra_op_threads, loadavg
 from trustfast.backdoor import scaled_prediction_consistency, scaled_prediction_consistency_loop
 from trustfast.backdoor.scores import DEFAULT_SCALES
 from trustfast.data import colored_digits
@@ -43,19 +43,6 @@ PEER = "scaled_prediction_consistency_loop (one forward per scale)"
 VARIANTS = {OURS: scaled_prediction_consistency, PEER: scaled_prediction_consistency_loop}
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run the block at `n` intra-op threads, then restore torch's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,7 +53,7 @@ def _workload() -> dict:
     images = x.repeat(math.ceil(IMAGES / len(x)), 1, 1, 1)[:IMAGES].contiguous()
     torch.manual_seed(0)
     model = SmallCNN(in_channels=3, image_size=SIZE).eval()
-    with _threads(THREADS):
+    with intra_op_threads(THREADS):
         ours = scaled_prediction_consistency(model, images, SCALES, BATCH)
         peer = scaled_prediction_consistency_loop(model, images, SCALES, BATCH)
     assert torch.equal(ours, peer), (
@@ -87,8 +74,8 @@ def test_backdoor_spc(benchmark, variant):
         setting=f"SmallCNN 3x{SIZE}x{SIZE}, {len(SCALES)} scales, batch {BATCH}",
         params=wl["params"], identical_to_peer=True, mean_spc=wl["mean_spc"], threads=THREADS,
         malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
-        loadavg=_load())
-    with _threads(THREADS):
+        loadavg=loadavg())
+    with intra_op_threads(THREADS):
         # One call is 10-25 s on 1 thread; setup's agreement check already warmed both.
         benchmark.pedantic(VARIANTS[variant], args=(wl["model"], wl["images"], SCALES, BATCH),
                            rounds=3, warmup_rounds=0)

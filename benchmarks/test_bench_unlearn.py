@@ -20,16 +20,15 @@ Every row runs at 1 intra-op thread (see THREADS): the whole file takes ~2 minut
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import os
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as fn
 
+from trustfast._bench.timing import intra_op_threads, loadavg
 from trustfast.data import digits
 from trustfast.models import SmallCNN, resnet18
 from trustfast.ops import cpp_available
@@ -57,19 +56,6 @@ PEER_IU = "torch Woodbury n x n linalg.solve"
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run the block at `n` intra-op threads, then restore torch's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # ------------------------------------------------------------------ FT epoch under a mask
@@ -169,7 +155,7 @@ def _ft_epoch(wl: FTWorkload, variant: str, batches: Batches | None = None):
 def test_unlearn_ft_epoch(benchmark, model_name, variant):
     if variant == OURS_FT and not cpp_available():
         pytest.skip("trustfast._C not built")
-    with _threads(THREADS):
+    with intra_op_threads(THREADS):
         _bench_ft_epoch(benchmark, model_name, variant)
 
 
@@ -181,7 +167,7 @@ def _bench_ft_epoch(benchmark, model_name: str, variant: str) -> None:
         batches=len(wl.batches), batch_size=BATCH, sparsity=SPARSITY, lr=LR, momentum=MOMENTUM,
         weight_decay=WEIGHT_DECAY, params=sum(p.numel() for p in wl.model.parameters()),
         masked_params=sum(m.numel() for m in wl.masks.values()),
-        max_abs_diff_vs_peer=wl.max_abs_diff, threads=torch.get_num_threads(), loadavg=_load())
+        max_abs_diff_vs_peer=wl.max_abs_diff, threads=torch.get_num_threads(), loadavg=loadavg())
     # SmallCNN epochs take ~0.1 s, ResNet-18's 4 batches ~10 s: 3 rounds keep the file under
     # 2 minutes (the agreement check in setup already warmed every kernel).
     rounds = 10 if model_name == "SmallCNN" else 3
@@ -207,7 +193,7 @@ def _iu_grads() -> tuple[torch.Tensor, float]:
     torch.manual_seed(0)
     model = SmallCNN().eval()
     train = digits()[0]
-    with _threads(THREADS):
+    with intra_op_threads(THREADS):
         grads = torch.cat(list(_per_sample_grads(model, train, 250, max(IU_SIZES), seed=0)))
     return grads, IUConfig().damping
 
@@ -219,7 +205,7 @@ def _iu_problem(n: int) -> dict:
     all_grads, damping = _iu_grads()
     grads = all_grads[:n].contiguous()
     v = grads.mean(0)
-    with _threads(THREADS):
+    with intra_op_threads(THREADS):
         ours = woodfisher_inverse_product(grads, v, damping)
         peer = woodbury_inverse_product(grads, v, damping)
         exact = woodbury_inverse_product(grads.double(), v.double(), damping)
@@ -244,7 +230,7 @@ def test_unlearn_iu_inverse_hvp(benchmark, n, variant):
         bench="unlearn iu", variant=variant, samples=n, d=grads.shape[1], damping=damping,
         dtype="float32", setting=f"SmallCNN digits grads, n={n}, d={grads.shape[1]}",
         rel_diff_vs_peer=pb["rel_diff_vs_peer"], ours_rel_err_fp64=pb["ours_rel_err_fp64"],
-        peer_rel_err_fp64=pb["peer_rel_err_fp64"], threads=THREADS, loadavg=_load())
-    with _threads(THREADS):
+        peer_rel_err_fp64=pb["peer_rel_err_fp64"], threads=THREADS, loadavg=loadavg())
+    with intra_op_threads(THREADS):
         # woodfisher at n=1000 is ~9 s a call; setup's agreement check already warmed both.
         benchmark.pedantic(solve, args=(grads, v, damping), rounds=3, warmup_rounds=0)

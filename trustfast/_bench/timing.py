@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block at `n` intra-op threads, then restore torch's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages, recorded with CPU timings (others' load skews them)."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def synchronize(device: torch.device) -> None:
