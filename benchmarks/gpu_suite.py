@@ -401,7 +401,7 @@ class Suite:
         self.report: dict = {"config": config, "machine": {}, "ceilings": [], "checks": [],
                              "timings": [], "block_sweep": [], "hvp_checks": [],
                              "hvp_timings": [], "pgd_checks": [], "pgd_timings": [],
-                             "errors": []}
+                             "attention_checks": [], "attention_timings": [], "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -442,7 +442,8 @@ class Suite:
 
     def failed(self) -> bool:
         rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
-                              "hvp_timings", "pgd_checks", "pgd_timings")
+                              "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
+                              "attention_timings")
                 for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
@@ -567,6 +568,24 @@ def markdown_table(report: dict) -> str:
             item += f": {r['variant']}"
         add("pgd timing", item, r.get("dtype", ""), size, r.get("ms"), rate, r.get("% of copy"),
             r.get("trustfast speed-up"), detail=detail, status=_status(r))
+    for r in report.get("attention_checks", []):
+        detail = ", ".join(f"{n} {a['err']:.1e} (math {a['math_err']:.1e})"
+                           for n, a in r.get("arrays", {}).items())
+        add("check", r.get("case", ""), r.get("dtype", ""), detail=detail, status=_status(r))
+    for r in report.get("attention_timings", []):
+        if "jvp / forward" in r:
+            add("attention", f"JVP / forward {r['shape']}", r.get("dtype", ""),
+                ms=r.get("jvp_ms"), detail=f"{r['jvp / forward']:.2f}x the forward (goal <= 2.5x)",
+                status=_status(r))
+            continue
+        item = f"{r.get('shape', '')} {r.get('mode', '')}: {r.get('variant', '')}"
+        rate = f"{r['TFLOP/s']:.4g} TFLOP/s" if "TFLOP/s" in r else ""
+        detail = r.get("unsupported", "")
+        if "peak_MB" in r:
+            detail = f"peak {r['peak_MB']:.0f} MB"
+        add("attention", item, r.get("dtype", ""), ms=r.get("ms"), rate=rate,
+            floor=r.get("% of matmul"), speedup=r.get("trustfast speed-up"), detail=detail,
+            status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -603,6 +622,7 @@ def machine_info(device: torch.device) -> dict:
 
 def run_suite(args: argparse.Namespace) -> int:
     """Ceilings (seconds), then checks (a wrong kernel makes its timing moot), then timings."""
+    from trustfast._bench import attention as attn_bench
     from trustfast._bench import hvp as hvp_bench
     from trustfast._bench import pgd as pgd_bench
     from trustfast._bench.cli import measure, parse_sizes
@@ -677,6 +697,20 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("pgd_checks", f"check {case} {name}", lambda n=norm, d=dtype, s=shape,
                       t=tracking: pgd_bench.check_step(n, d, s, device, tracking=t), meta)
 
+    attn_shapes = (attn_bench.SMALL_CHECK_SHAPES if args.small or interpreted
+                   else attn_bench.CHECK_SHAPES)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        for shape in attn_shapes:
+            label = f"check attention {attn_bench.shape_name(shape)} {name}"
+            meta = {"case": f"attention {attn_bench.shape_name(shape)}", "dtype": name,
+                    "backend": "triton"}
+            if interpreted and dtype == torch.bfloat16:
+                suite.skip("attention_checks", label, meta, BF16_INTERPRETER)
+                continue
+            suite.run("attention_checks", label, lambda s=shape, d=dtype: attn_bench.check(
+                s, d, device), meta)
+
     if not args.check:
         runs = [(n, torch.float32) for n in sizes] + [(max(sizes), torch.bfloat16)]
         for n, dtype in runs:
@@ -716,6 +750,20 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("block_sweep", f"BLOCK sweep {op} {max(sizes):.0e}",
                       lambda op=op: block_sweep(op, max(sizes), device, repeats),
                       {"op": op, "params": max(sizes), "dtype": "float32"})
+        matmul = next((r.get("TFLOP/s") for r in suite.report["ceilings"]
+                       if "TFLOP/s" in r), None)
+        attn_timing_shapes = ([(1, 2, 64, 64, 40)] if args.small or interpreted
+                              else attn_bench.SD_SHAPES + attn_bench.DIT_SHAPES)
+        attn_dtype = torch.float32 if interpreted else torch.bfloat16
+        for shape in attn_timing_shapes:
+            suite.run("attention_timings", f"attention timing {attn_bench.shape_name(shape)}",
+                      lambda s=shape: attn_bench.measure(s, device, min(repeats, 5),
+                                                         attn_dtype, matmul_tflops=matmul),
+                      {"bench": "attention"})
+        jvp_shape = (1, 2, 64, 64, 40) if args.small or interpreted else (2, 8, 4096, 4096, 64)
+        suite.run("attention_timings", "attention JVP / forward",
+                  lambda: attn_bench.jvp_over_forward(jvp_shape, device, min(repeats, 5),
+                                                      attn_dtype), {"bench": "attention jvp"})
 
     suite.save()
     print(markdown_table(suite.report))

@@ -16,6 +16,8 @@ not extrapolated), the speed-up of trustfast over each row (row ms / trustfast m
 the growth exponent k in t ~ n^k between the smallest and largest n timed.
 Backdoor (groups "backdoor SPC <n> images"): median ms of every variant, images scored per second,
 forward passes per call, and the speed-up of trustfast over each row (row ms / trustfast ms).
+Attention (groups "attention cpu <mode> N=<n> D=<d>"): median ms, GFLOP/s, peak tensor MB and the
+speed-up of trustfast over each row.
 A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
@@ -165,6 +167,27 @@ def backdoor_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+ATTENTION_PREFIX = "attention cpu "
+ATTENTION_OURS = "trustfast attention (chunked)"
+
+
+def attention_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Median ms, GFLOP/s (counted FLOPs: 4 B H N^2 D per forward), peak tensor MB and the
+    speed-up of trustfast over each row."""
+    lines = ["| group | variant | median ms | GFLOP/s | peak tensor MB | trustfast speed-up |",
+             "|---|---|---:|---:|---:|---:|"]
+    for group, variants in groups.items():
+        med = {name: b["stats"]["median"] for name, b in variants.items()}
+        ours = med.get(ATTENTION_OURS)
+        for name, b in variants.items():
+            info = b["extra_info"]
+            speedup = f"{med[name] / ours:.2f}x" if ours else ""
+            lines.append(f"| {group} | {name} | {med[name] * 1e3:.1f} | "
+                         f"{info['flops'] / med[name] / 1e9:.1f} | "
+                         f"{info['peak_tensor_mb']:.1f} | {speedup} |")
+    return lines
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
@@ -175,8 +198,9 @@ def report(path: str) -> str:
     pgd = {g: v for g, v in groups.items() if g.startswith(PGD_PREFIXES)}
     unlearn = {g: v for g, v in groups.items() if g.startswith(UNLEARN_PREFIX)}
     backdoor = {g: v for g, v in groups.items() if g.startswith(BACKDOOR_PREFIX)}
-    masked = {g: v for g, v in groups.items()
-              if g not in hvp and g not in pgd and g not in unlearn and g not in backdoor}
+    attn = {g: v for g, v in groups.items() if g.startswith(ATTENTION_PREFIX)}
+    masked = {g: v for g, v in groups.items() if g not in hvp and g not in pgd
+              and g not in unlearn and g not in backdoor and g not in attn}
     lines = [
         f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"date {data['datetime'][:10]}",
@@ -191,8 +215,10 @@ def report(path: str) -> str:
         lines += ["", *unlearn_table(unlearn)]
     if backdoor:
         lines += ["", *backdoor_table(backdoor)]
+    if attn:
+        lines += ["", *attention_table(attn)]
     if len(lines) == 1:
-        lines += ["", "no masked-update, hvp, pgd, unlearn or backdoor groups in this file"]
+        lines += ["", "no masked-update, hvp, pgd, unlearn, backdoor or attention groups here"]
     return "\n".join(lines)
 
 

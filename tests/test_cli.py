@@ -57,6 +57,10 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert backdoor["badnets / mspc"]["clean_acc"] > 90 and backdoor["badnets / mspc"]["ASR"] > 90
     assert all(0.0 <= r["AUROC"] <= 1.0 for r in backdoor.values())
     assert backdoor["badnets / strip"]["TPR"] is None  # STRIP has no threshold-free split
+    attn = {r["stage"]: r for r in result["rows"] if r["section"] == "diffusion_attention"}
+    fast = attn["FastAttnProcessor, 10 DDIM steps"]
+    assert fast["layers_replaced"] == 8 and fast["max_abs_diff_vs_default"] < 1e-4
+    assert fast["jvp_through_unet"] == "ok"
     for name in ("results.md", "masked_training_loss.png", "bilevel.png", "robustness.png",
                  "robustness.json", "backdoor/identify.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0

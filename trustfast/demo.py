@@ -240,6 +240,50 @@ def backdoor_section(out: str, seed: int, resume: bool) -> list[dict]:
             for r in result["rows"]]
 
 
+def diffusion_attention_section(out: str, seed: int, resume: bool) -> list[dict]:
+    """A tiny conditional UNet (random weights; head dims 40 and 80) sampled for 10 DDIM steps
+    with diffusers' AttnProcessor2_0 and with trustfast's FastAttnProcessor: same latents, and
+    a JVP through the UNet that SDPA's fused CPU kernel cannot take."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from trustfast.diffusion import enable_fast_attention
+    from trustfast.diffusion.tiny import ddim_sample, tiny_unet
+
+    done = load_checkpoint(out, "diffusion_attention") if resume else None
+    if done is not None:
+        return done[1]["rows"]
+    unet = tiny_unet(seed=seed)
+    prompt = torch.randn(2, 77, unet.config.cross_attention_dim,
+                         generator=torch.Generator().manual_seed(seed))
+    timings, latents, jvp_status = {}, {}, {}
+    for name in ("AttnProcessor2_0", "FastAttnProcessor"):
+        replaced = None
+        if name == "AttnProcessor2_0":
+            unet.set_attn_processor(AttnProcessor2_0())
+        else:
+            replaced = enable_fast_attention(unet).replaced
+        ddim_sample(unet, prompt, steps=1, seed=seed)  # warm-up
+        start = time.perf_counter()
+        latents[name] = ddim_sample(unet, prompt, steps=10, seed=seed)
+        timings[name] = time.perf_counter() - start
+        x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+        try:
+            torch.func.jvp(lambda e, x=x: unet(x, 500, encoder_hidden_states=e).sample,
+                           (prompt,), (torch.ones_like(prompt),))
+            jvp_status[name] = "ok"
+        except (NotImplementedError, RuntimeError) as exc:
+            jvp_status[name] = f"fails: {type(exc).__name__}"
+        jvp_status[name + "_replaced"] = replaced
+    diff = float((latents["AttnProcessor2_0"] - latents["FastAttnProcessor"]).abs().max())
+    rows = [{"section": "diffusion_attention", "stage": f"{name}, 10 DDIM steps",
+             "layers_replaced": jvp_status[name + "_replaced"], "seconds": timings[name],
+             "max_abs_diff_vs_default": 0.0 if name == "AttnProcessor2_0" else diff,
+             "jvp_through_unet": jvp_status[name]}
+            for name in ("AttnProcessor2_0", "FastAttnProcessor")]
+    save_checkpoint(out, "diffusion_attention", {}, {"rows": rows})
+    return rows
+
+
 # Each issue adds its section here; order is the order `trustfast demo` runs them.
 SECTIONS: dict[str, Callable[[str, int, bool], list[dict]]] = {
     "masked_training": masked_training_section,
@@ -248,6 +292,7 @@ SECTIONS: dict[str, Callable[[str, int, bool], list[dict]]] = {
     "robustness": robustness_section,
     "unlearning": unlearning_section,
     "backdoor": backdoor_section,
+    "diffusion_attention": diffusion_attention_section,
 }
 
 def _cell(value) -> str:

@@ -12,22 +12,27 @@ from trustfast.ops._dispatch import (
     select_backend,
     triton_available,
 )
+from trustfast.ops.attention import attention, attention_reference
 from trustfast.ops.masked_update import (
     masked_adamw_step,
     masked_adamw_step_reference,
     masked_sgd_step,
     masked_sgd_step_reference,
 )
+from trustfast.ops.pgd_step import pgd_step
 
 __all__ = [
     "BACKENDS",
     "OPS",
     "BackendUnavailableError",
+    "attention",
+    "attention_reference",
     "cpp_available",
     "masked_adamw_step",
     "masked_adamw_step_reference",
     "masked_sgd_step",
     "masked_sgd_step_reference",
+    "pgd_step",
     "select_backend",
     "triton_available",
 ]
