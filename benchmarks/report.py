@@ -18,6 +18,8 @@ Backdoor (groups "backdoor SPC <n> images"): median ms of every variant, images 
 forward passes per call, and the speed-up of trustfast over each row (row ms / trustfast ms).
 Attention (groups "attention cpu <mode> N=<n> D=<d>"): median ms, GFLOP/s, peak tensor MB and the
 speed-up of trustfast over each row.
+sequence_nll (groups "sequence_nll cpu fwd+bwd V=<vocab>"): median ms, peak tensor MB, and each
+row's time and memory over trustfast's.
 A table is printed only for the kinds of groups the JSON holds.
 Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
 """
@@ -188,6 +190,27 @@ def attention_table(groups: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+SEQUENCE_NLL_PREFIX = "sequence_nll cpu "
+SEQUENCE_NLL_OURS = "trustfast sequence_nll (chunked)"
+
+
+def sequence_nll_table(groups: dict[str, dict[str, dict]]) -> list[str]:
+    """Median ms, peak tensor MB, and time and memory relative to the logits path."""
+    lines = ["| group | variant | median ms | peak tensor MB | time / trustfast | "
+             "memory / trustfast |", "|---|---|---:|---:|---:|---:|"]
+    for group, variants in groups.items():
+        ours = variants.get(SEQUENCE_NLL_OURS)
+        for name, b in variants.items():
+            info, med = b["extra_info"], b["stats"]["median"]
+            rel_t = rel_m = ""
+            if ours:
+                rel_t = f"{med / ours['stats']['median']:.2f}x"
+                rel_m = f"{info['peak_tensor_mb'] / ours['extra_info']['peak_tensor_mb']:.2f}x"
+            lines.append(f"| {group} | {name} | {med * 1e3:.1f} | {info['peak_tensor_mb']:.1f} | "
+                         f"{rel_t} | {rel_m} |")
+    return lines
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
@@ -199,8 +222,9 @@ def report(path: str) -> str:
     unlearn = {g: v for g, v in groups.items() if g.startswith(UNLEARN_PREFIX)}
     backdoor = {g: v for g, v in groups.items() if g.startswith(BACKDOOR_PREFIX)}
     attn = {g: v for g, v in groups.items() if g.startswith(ATTENTION_PREFIX)}
+    nll = {g: v for g, v in groups.items() if g.startswith(SEQUENCE_NLL_PREFIX)}
     masked = {g: v for g, v in groups.items() if g not in hvp and g not in pgd
-              and g not in unlearn and g not in backdoor and g not in attn}
+              and g not in unlearn and g not in backdoor and g not in attn and g not in nll}
     lines = [
         f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
         f"date {data['datetime'][:10]}",
@@ -217,6 +241,8 @@ def report(path: str) -> str:
         lines += ["", *backdoor_table(backdoor)]
     if attn:
         lines += ["", *attention_table(attn)]
+    if nll:
+        lines += ["", *sequence_nll_table(nll)]
     if len(lines) == 1:
         lines += ["", "no masked-update, hvp, pgd, unlearn, backdoor or attention groups here"]
     return "\n".join(lines)
