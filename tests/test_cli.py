@@ -61,6 +61,9 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     fast = attn["FastAttnProcessor, 10 DDIM steps"]
     assert fast["layers_replaced"] == 8 and fast["max_abs_diff_vs_default"] < 1e-4
     assert fast["jvp_through_unet"] == "ok"
+    llm = {r["stage"]: r for r in result["rows"] if r["section"] == "llm_unlearning"}
+    assert llm["original"]["forget_EM"] == 1.0
+    assert llm["simnpo"]["forget_EM"] <= 0.2 and llm["simnpo"]["retain_EM"] >= 0.8
     for name in ("results.md", "masked_training_loss.png", "bilevel.png", "robustness.png",
                  "robustness.json", "backdoor/identify.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0

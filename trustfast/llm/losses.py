@@ -93,8 +93,9 @@ def _retain_kl(model, ref_model, batch) -> torch.Tensor:
                                attention_mask=batch.get("attention_mask")).logits
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
     mask = batch["labels"][:, 1:] != -100
-    ref_logp = fn.log_softmax(ref_logits[:, :-1].float(), -1)[mask]
-    logp = fn.log_softmax(logits[:, :-1].float(), -1)[mask]
+    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    ref_logp = fn.log_softmax(ref_logits[:, :-1].to(dt), -1)[mask]
+    logp = fn.log_softmax(logits[:, :-1].to(dt), -1)[mask]
     return fn.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
 
 

@@ -67,7 +67,7 @@ def finetune(model: nn.Module, examples: list[dict], pad_id: int, epochs: int = 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(chunk)
+            total += float(loss.detach()) * len(chunk)
             count += len(chunk)
         history.append(total / count)
     model.eval()

@@ -1,0 +1,96 @@
+"""Memorize the built-in fictitious facts with a tiny Llama, then unlearn the forget split.
+
+`run_facts_unlearning(FactsExperimentConfig(...))` builds the facts (`trustfast.data.facts`), a
+word tokenizer and a `LlamaForCausalLM` from a config (random init, nothing downloaded),
+fine-tunes it on forget + retain until it answers them, then runs each unlearning method on a
+copy and measures forget / retain answer exact match and ROUGE-L recall, the forget truth-ratio
+score, and the seconds taken. Rows: {"method", "forget_EM", "retain_EM", "forget_ROUGE",
+"retain_ROUGE", "forget_truth_ratio", "seconds"}; method "original" is the memorized model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from trustfast.llm.train import UnlearnConfig, finetune, unlearn
+
+
+@dataclass
+class FactsExperimentConfig:
+    n_people: int = 40  # 160 question/answer pairs; forget 10 % of the people
+    forget: float = 0.1
+    methods: list[str] = field(default_factory=lambda: ["ga", "npo", "simnpo"])
+    hidden_size: int = 64  # tiny Llama: 2 layers, 4 heads
+    finetune_epochs: int = 40  # AdamW lr 3e-3: memorizes every answer (loss ~0.006)
+    unlearn_epochs: int = 5  # AdamW lr 1e-3, 8 forget + 8 retain examples per step
+    unlearn_lr: float = 1e-3
+    retain_eval: int = 40  # retain questions scored (greedy decoding costs a second each)
+    seed: int = 0
+
+
+def tiny_llama(vocab_size: int, hidden_size: int = 64, pad_id: int = 0, bos_id: int = 1,
+               eos_id: int = 2, seed: int = 0):
+    """A 2-layer Llama-architecture causal LM from a config (random init)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=64, pad_token_id=pad_id, bos_token_id=bos_id,
+                         eos_token_id=eos_id)
+    return LlamaForCausalLM(config)
+
+
+def _scores(model, tok, qas) -> tuple[float, float]:
+    from trustfast.llm.metrics import exact_match, greedy_answers, rouge_l_recall
+
+    answers = greedy_answers(model, tok, [q.question for q in qas], max_new_tokens=12)
+    em = sum(exact_match(a, q.answer) for a, q in zip(answers, qas)) / len(qas)
+    rouge = sum(rouge_l_recall(a, q.answer) for a, q in zip(answers, qas)) / len(qas)
+    return em, rouge
+
+
+def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
+    """Memorize, then unlearn with each method; one row per model."""
+    from trustfast.data.facts import WordTokenizer, encode_qa, make_facts, split
+    from trustfast.llm.metrics import truth_ratio, truth_ratio_score
+
+    facts = make_facts(cfg.n_people, seed=cfg.seed)
+    forget, retain, _ = split(facts, cfg.forget, 0.1, seed=cfg.seed)
+    tok = WordTokenizer(facts.texts())
+
+    def encode(qa, idk: bool = False) -> dict:
+        example = encode_qa(tok, qa.question, qa.answer)
+        if idk:
+            refusal = encode_qa(tok, qa.question, qa.refusal)
+            example.update({f"idk_{k}": v for k, v in refusal.items()})
+        return example
+
+    model = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
+                       cfg.seed)
+    finetune(model, [encode(q) for q in forget + retain], tok.pad_id, cfg.finetune_epochs,
+             lr=3e-3, batch_size=16, seed=cfg.seed, desc="memorize facts")
+    retain_eval = retain[:cfg.retain_eval]
+
+    def row(name: str, m, seconds: float) -> dict:
+        f_em, f_rouge = _scores(m, tok, forget)
+        r_em, r_rouge = _scores(m, tok, retain_eval)
+        tr = truth_ratio_score(truth_ratio(m, tok, forget))
+        return {"method": name, "forget_EM": f_em, "retain_EM": r_em, "forget_ROUGE": f_rouge,
+                "retain_ROUGE": r_rouge, "forget_truth_ratio": tr, "seconds": seconds}
+
+    rows = [row("original", model, 0.0)]
+    for method in cfg.methods:
+        m = copy.deepcopy(model)
+        start = time.perf_counter()
+        unlearn(m, [encode(q, idk=method == "idkdpo") for q in forget],
+                [encode(q) for q in retain],
+                UnlearnConfig(method=method, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr,
+                              seed=cfg.seed), tok.pad_id)
+        rows.append(row(method, m, time.perf_counter() - start))
+    return rows
