@@ -401,7 +401,9 @@ class Suite:
         self.report: dict = {"config": config, "machine": {}, "ceilings": [], "checks": [],
                              "timings": [], "block_sweep": [], "hvp_checks": [],
                              "hvp_timings": [], "pgd_checks": [], "pgd_timings": [],
-                             "attention_checks": [], "attention_timings": [], "errors": []}
+                             "attention_checks": [], "attention_timings": [],
+                             "sequence_nll_checks": [], "sequence_nll_timings": [],
+                             "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -443,7 +445,8 @@ class Suite:
     def failed(self) -> bool:
         rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
                               "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
-                              "attention_timings")
+                              "attention_timings", "sequence_nll_checks",
+                              "sequence_nll_timings")
                 for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
@@ -586,6 +589,18 @@ def markdown_table(report: dict) -> str:
         add("attention", item, r.get("dtype", ""), ms=r.get("ms"), rate=rate,
             floor=r.get("% of matmul"), speedup=r.get("trustfast speed-up"), detail=detail,
             status=_status(r))
+    for r in report.get("sequence_nll_checks", []):
+        detail = ", ".join(f"{n} {a['err']:.1e} (logits path {a['math_err']:.1e})"
+                           for n, a in r.get("arrays", {}).items())
+        add("check", r.get("case", ""), r.get("dtype", ""), detail=detail, status=_status(r))
+    for r in report.get("sequence_nll_timings", []):
+        rate = f"{r['tokens_per_s']:.4g} tok/s" if "tokens_per_s" in r else ""
+        detail = r.get("unsupported", "")
+        if "peak_MB" in r:
+            detail = f"peak {r['peak_MB']:.0f} MB"
+        add("sequence_nll", f"{r.get('shape', '')}: {r.get('variant', '')}", r.get("dtype", ""),
+            ms=r.get("ms"), rate=rate, speedup=r.get("trustfast speed-up"), detail=detail,
+            status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -625,6 +640,7 @@ def run_suite(args: argparse.Namespace) -> int:
     from trustfast._bench import attention as attn_bench
     from trustfast._bench import hvp as hvp_bench
     from trustfast._bench import pgd as pgd_bench
+    from trustfast._bench import sequence_nll as nll_bench
     from trustfast._bench.cli import measure, parse_sizes
 
     device = torch.device(args.device)
@@ -711,6 +727,20 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("attention_checks", label, lambda s=shape, d=dtype: attn_bench.check(
                 s, d, device), meta)
 
+    nll_shapes = (nll_bench.SMALL_CHECK_SHAPES if args.small or interpreted
+                  else nll_bench.CHECK_SHAPES)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        for shape in nll_shapes:
+            label = f"check sequence_nll {nll_bench.shape_name(shape)} {name}"
+            meta = {"case": f"sequence_nll {nll_bench.shape_name(shape)}", "dtype": name,
+                    "backend": "triton"}
+            if interpreted and dtype == torch.bfloat16:
+                suite.skip("sequence_nll_checks", label, meta, BF16_INTERPRETER)
+                continue
+            suite.run("sequence_nll_checks", label, lambda s=shape, d=dtype: nll_bench.check(
+                s, d, device), meta)
+
     if not args.check:
         runs = [(n, torch.float32) for n in sizes] + [(max(sizes), torch.bfloat16)]
         for n, dtype in runs:
@@ -761,6 +791,12 @@ def run_suite(args: argparse.Namespace) -> int:
                                                          attn_dtype, matmul_tflops=matmul),
                       {"bench": "attention"})
         jvp_shape = (1, 2, 64, 64, 40) if args.small or interpreted else (2, 8, 4096, 4096, 64)
+        nll_timing = (nll_bench.SMALL_TIMING_SHAPES if args.small or interpreted
+                      else nll_bench.TIMING_SHAPES)
+        for shape in nll_timing:
+            suite.run("sequence_nll_timings", f"sequence_nll timing {nll_bench.shape_name(shape)}",
+                      lambda s=shape: nll_bench.measure(s, device, min(repeats, 5),
+                                                        attn_dtype), {"bench": "sequence_nll"})
         suite.run("attention_timings", "attention JVP / forward",
                   lambda: attn_bench.jvp_over_forward(jvp_shape, device, min(repeats, 5),
                                                       attn_dtype), {"bench": "attention jvp"})
