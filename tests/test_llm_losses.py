@@ -176,3 +176,35 @@ def test_ga_npo_keep_retain(one_intra_op_thread):
         methods=["ga", "npo"]))}
     for method in ("ga", "npo"):
         assert rows[method]["retain_EM"] >= 0.8 * rows["original"]["retain_EM"], rows
+
+
+def test_rmu_loss_matches_direct_computation():
+    ref = _model(seed=1)
+    model = _model(seed=0)
+    forget, retain = _batch(0), _batch(1)
+    cfg = LossConfig("rmu", steering_coeff=3.0, gamma=50.0, seed=4)
+    assert LossConfig("rmu").gamma == 1200.0  # WMDP's alpha
+    loss, logs = unlearning_loss(model, forget, retain, cfg, ref_model=ref)
+    layer = 0  # rmu_layer 7 clamped to the tiny model's second-to-last layer
+    u = torch.rand(32, generator=torch.Generator().manual_seed(4)).double()
+    target = 3.0 * u / u.norm()
+
+    def acts(m, b):
+        return m.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                            output_hidden_states=True).hidden_states[layer + 1]
+
+    fm, rm = forget["attention_mask"].bool(), retain["attention_mask"].bool()
+    forget_term = ((acts(model, forget) - target) ** 2).mean(-1)[fm].mean()
+    retain_term = ((acts(model, retain) - acts(ref, retain)) ** 2).mean(-1)[rm].mean()
+    torch.testing.assert_close(loss, forget_term + 50.0 * retain_term, rtol=1e-12, atol=1e-12)
+    assert logs["forget_mse"] == pytest.approx(float(forget_term.detach()))
+
+
+def test_rmu_trains_only_the_chosen_mlps():
+    forget, retain = _examples(30, 4), _examples(40, 4)
+    model = tiny_llama(VOCAB, hidden_size=32, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unlearn(model, forget, retain, UnlearnConfig(method="rmu", epochs=2, lr=1e-2, batch_size=2,
+                                                 steering_coeff=5.0, gamma=1.0), pad_id=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("model.layers.0.mlp.") for k in changed), changed

@@ -13,6 +13,10 @@ sequence's answer tokens, NLL_mean = NLL_sum / tokens; log pi(y|x) = -NLL_sum.
             (Fan et al. 2024: length-normalized, no reference model; beta 2.5, delta 0)
   idkdpo    -(2/beta) E_f log sigmoid(beta [(NLL_ref(y) - NLL(y)) - (NLL_ref(idk) - NLL(idk))])
             + gamma * NLL_r   (DPO with the refusal "I don't know" preferred; beta 0.1)
+  rmu       mean_f ||h_l(x) - c u||^2 + gamma * mean_r ||h_l(x) - h_l^frozen(x)||^2
+            (Li et al. 2024, WMDP: steer layer-l activations of forget tokens toward a scaled
+            random unit vector u, keep retain activations; c 6.5, gamma 1200, layer 7; only the
+            MLPs of layers l-2..l are trained, see `rmu_parameters`)
 
 NLL_f and NLL_r are token means over the batch (Hugging Face's loss). The reference model's
 summed NLLs can be precomputed once (`reference_nlls`) and passed in the batch as `ref_nll`
@@ -29,10 +33,10 @@ from torch.nn import functional as fn
 
 from trustfast.ops.sequence_nll import SequenceNLL, sequence_nll
 
-METHODS = ("ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo")
+METHODS = ("ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
 NEEDS_REFERENCE = ("npo", "idkdpo")  # summed NLLs of the reference model (cacheable)
-NEEDS_REFERENCE_MODEL = ("ga_kl",)  # full reference logits on the retain batch
-NEEDS_RETAIN = ("graddiff", "ga_kl", "npo", "simnpo", "idkdpo")
+NEEDS_REFERENCE_MODEL = ("ga_kl", "rmu")  # reference logits / activations on the retain batch
+NEEDS_RETAIN = ("graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
 
 
 @dataclass
@@ -41,19 +45,26 @@ class LossConfig:
 
     method: str = "npo"
     beta: float | None = None  # inverse temperature: NPO / IdkDPO 0.1, SimNPO 2.5 when None
-    gamma: float = 1.0  # weight of the retain term
+    gamma: float | None = None  # weight of the retain term: 1.0 (RMU: 1200) when None
     alpha: float = 1.0  # weight of the forget term
     delta: float = 0.0  # SimNPO's reward margin
+    rmu_layer: int = 7  # RMU: the steered layer (clamped to the model's second-to-last)
+    steering_coeff: float = 6.5  # RMU: c, the norm of the target activation c u
+    seed: int = 0  # RMU: seeds the random direction u
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.beta is None:
             self.beta = 2.5 if self.method == "simnpo" else 0.1
+        if self.gamma is None:
+            self.gamma = 1200.0 if self.method == "rmu" else 1.0
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.gamma < 0 or self.alpha < 0:
             raise ValueError("gamma and alpha must be >= 0")
+        if self.rmu_layer < 0 or not self.steering_coeff > 0:
+            raise ValueError("rmu_layer must be >= 0 and steering_coeff > 0")
 
 
 def _decoder_and_head(model: nn.Module):
@@ -99,6 +110,51 @@ def _retain_kl(model, ref_model, batch) -> torch.Tensor:
     return fn.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
 
 
+def rmu_layer(model: nn.Module, config: LossConfig) -> int:
+    """The steered layer: config.rmu_layer, at most the model's second-to-last layer (the last
+    layer's output in `hidden_states` is after the final norm)."""
+    layers = model.config.num_hidden_layers
+    return max(0, min(config.rmu_layer, layers - 2))
+
+
+def rmu_parameters(model: nn.Module, config: LossConfig) -> list[nn.Parameter]:
+    """The parameters RMU trains: the MLPs of layers l-2..l (WMDP's choice)."""
+    layer = rmu_layer(model, config)
+    decoder = model.base_model
+    params = []
+    for i in range(max(0, layer - 2), layer + 1):
+        params += list(decoder.layers[i].mlp.parameters())
+    return params
+
+
+def _activations(model: nn.Module, batch: dict, layer: int) -> torch.Tensor:
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                           output_hidden_states=True)
+    return out.hidden_states[layer + 1]
+
+
+def rmu_direction(hidden_size: int, config: LossConfig, like: torch.Tensor) -> torch.Tensor:
+    """c u, u a uniform random vector normalized to norm 1 (seeded), as WMDP's RMU."""
+    u = torch.rand(hidden_size, generator=torch.Generator().manual_seed(config.seed)).to(like)
+    return config.steering_coeff * u / u.norm()
+
+
+def _rmu_loss(model, ref_model, forget, retain, config) -> tuple[torch.Tensor, dict]:
+    layer = rmu_layer(model, config)
+    f_act = _activations(model, forget, layer)
+    target = rmu_direction(f_act.shape[-1], config, f_act)
+    f_mask = forget.get("attention_mask", torch.ones_like(forget["input_ids"])).bool()
+    forget_term = ((f_act - target) ** 2).mean(-1)[f_mask].mean()
+    r_act = _activations(model, retain, layer)
+    with torch.no_grad():
+        r_ref = _activations(ref_model, retain, layer)
+    r_mask = retain.get("attention_mask", torch.ones_like(retain["input_ids"])).bool()
+    retain_term = ((r_act - r_ref) ** 2).mean(-1)[r_mask].mean()
+    loss = config.alpha * forget_term + config.gamma * retain_term
+    return loss, {"forget_mse": float(forget_term.detach()),
+                  "retain_mse": float(retain_term.detach()), "loss": float(loss.detach())}
+
+
 def unlearning_loss(model: nn.Module, forget: dict, retain: dict | None, config: LossConfig,
                     ref_model: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """(loss, logs) of `config.method` on a forget batch and a retain batch.
@@ -115,6 +171,8 @@ def unlearning_loss(model: nn.Module, forget: dict, retain: dict | None, config:
                          "(forget['ref_nll'], see reference_nlls)")
     if c.method in NEEDS_REFERENCE_MODEL and ref_model is None:
         raise ValueError(f"method {c.method!r} needs ref_model= (a frozen copy of the model)")
+    if c.method == "rmu":
+        return _rmu_loss(model, ref_model, forget, retain, c)
     f = sequence_nlls(model, forget["input_ids"], forget["labels"], forget.get("attention_mask"))
     logs = {"forget_nll": float(_token_mean(f).detach())}
     if c.method in ("ga", "graddiff", "ga_kl"):

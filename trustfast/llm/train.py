@@ -23,6 +23,7 @@ from trustfast.llm.losses import (
     NEEDS_REFERENCE_MODEL,
     LossConfig,
     reference_nlls,
+    rmu_parameters,
     sequence_nlls,
     unlearning_loss,
 )
@@ -83,13 +84,16 @@ class UnlearnConfig:
     lr: float = 1e-4  # AdamW
     batch_size: int = 8  # forget examples per step (with as many retain examples)
     beta: float | None = None  # None: the method's default (LossConfig)
-    gamma: float = 1.0
+    gamma: float | None = None  # None: the method's default (LossConfig)
     alpha: float = 1.0
     delta: float = 0.0
+    rmu_layer: int = 7
+    steering_coeff: float = 6.5
     seed: int = 0
 
     def loss_config(self) -> LossConfig:
-        return LossConfig(self.method, self.beta, self.gamma, self.alpha, self.delta)
+        return LossConfig(self.method, self.beta, self.gamma, self.alpha, self.delta,
+                          self.rmu_layer, self.steering_coeff, self.seed)
 
 
 def _with_reference(model, forget: list[dict], pad_id: int, batch_size: int,
@@ -120,7 +124,9 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
     if config.method in NEEDS_REFERENCE:
         forget = _with_reference(model, forget, pad_id, config.batch_size,
                                  idk=config.method == "idkdpo")
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    params = (rmu_parameters(model, loss_cfg) if config.method == "rmu"
+              else list(model.parameters()))
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     start_epoch, history = 0, []
     if resume and checkpoint_dir:
         done = load_checkpoint(checkpoint_dir, "unlearn")
