@@ -208,3 +208,13 @@ def test_rmu_trains_only_the_chosen_mlps():
                                                  steering_coeff=5.0, gamma=1.0), pad_id=0)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("model.layers.0.mlp.") for k in changed), changed
+
+
+@pytest.mark.slow
+def test_rmu_forgets_and_keeps_retain_on_facts(one_intra_op_thread):
+    """RMU with c = 20, retain weight 100, 20 epochs (the tiny model's activations are far
+    smaller than Zephyr's, for which WMDP picked c 6.5): measured forget EM 0.0, retain 1.0."""
+    rows = {r["method"]: r for r in run_facts_unlearning(FactsExperimentConfig(
+        methods=["rmu"]))}
+    assert rows["rmu"]["forget_EM"] <= 0.2, rows
+    assert rows["rmu"]["retain_EM"] >= 0.8 * rows["original"]["retain_EM"], rows

@@ -29,6 +29,9 @@ class FactsExperimentConfig:
     unlearn_epochs: int = 5  # AdamW lr 1e-3, 8 forget + 8 retain examples per step
     unlearn_lr: float = 1e-3
     retain_eval: int = 40  # retain questions scored (greedy decoding costs a second each)
+    # per-method UnlearnConfig fields, e.g. RMU's constants scaled to the tiny model
+    overrides: dict[str, dict] = field(default_factory=lambda: {
+        "rmu": {"steering_coeff": 20.0, "gamma": 100.0, "epochs": 20}})
     seed: int = 0
 
 
@@ -90,7 +93,8 @@ def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
         start = time.perf_counter()
         unlearn(m, [encode(q, idk=method == "idkdpo") for q in forget],
                 [encode(q) for q in retain],
-                UnlearnConfig(method=method, epochs=cfg.unlearn_epochs, lr=cfg.unlearn_lr,
-                              seed=cfg.seed), tok.pad_id)
+                UnlearnConfig(**{"method": method, "epochs": cfg.unlearn_epochs,
+                                 "lr": cfg.unlearn_lr, "seed": cfg.seed,
+                                 **cfg.overrides.get(method, {})}), tok.pad_id)
         rows.append(row(method, m, time.perf_counter() - start))
     return rows
