@@ -1,4 +1,4 @@
-"""The `trustfast` command: info, demo, bench, unlearn, backdoor."""
+"""The `trustfast` command: info, demo, bench, unlearn, backdoor, llm-unlearn."""
 
 from __future__ import annotations
 
@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--out", default="runs/backdoor")
     ident.add_argument("--resume", action="store_true", help="reuse finished attacks in --out")
 
+    llm = sub.add_parser("llm-unlearn", help="memorize the built-in facts with a tiny Llama, then "
+                         "unlearn 10 %% of the people (GA, GradDiff, NPO, SimNPO, IdkDPO, RMU)")
+    llm.add_argument("--config", default=None, help="YAML/JSON file of FactsExperimentConfig "
+                     "fields (methods, n_people, unlearn_epochs, unlearn_lr, overrides, ...)")
+    llm.add_argument("--methods", default=None, help="comma-separated; overrides the config")
+    llm.add_argument("--seed", type=int, default=None, help="overrides the config")
+    llm.add_argument("--out", default="runs/llm_unlearn")
+    llm.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+
     args = parser.parse_args(argv)
     if args.command == "info":
         from trustfast.info import info_text
@@ -96,6 +105,28 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(result["rows"]))
         print(f"[trustfast backdoor identify] wrote {args.out}/results.json, results.md, "
               "identify.png")
+        return 0
+    if args.command == "llm-unlearn":
+        from trustfast.llm.facts_experiment import (
+            FactsExperimentConfig,
+            markdown_table,
+            run_facts_unlearning,
+        )
+
+        try:
+            cfg = (FactsExperimentConfig.from_file(args.config) if args.config
+                   else FactsExperimentConfig())
+            if args.methods:
+                cfg.methods = [m for m in args.methods.split(",") if m.strip()]
+            if args.seed is not None:
+                cfg.seed = args.seed
+            cfg.validate()
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(str(exc))
+        rows = run_facts_unlearning(cfg, args.out, resume=args.resume)
+        print(markdown_table(rows))
+        print(f"[trustfast llm-unlearn] wrote {args.out}/results.json, results.md, "
+              "llm_unlearning.png")
         return 0
     if args.command == "bench":
         from trustfast._bench.cli import run_bench

@@ -11,12 +11,16 @@ score, and the seconds taken. Rows: {"method", "forget_EM", "retain_EM", "forget
 from __future__ import annotations
 
 import copy
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from trustfast.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from trustfast.llm.losses import METHODS
 from trustfast.llm.train import UnlearnConfig, finetune, unlearn
+from trustfast.utils import pyplot
 
 
 @dataclass
@@ -33,6 +37,37 @@ class FactsExperimentConfig:
     overrides: dict[str, dict] = field(default_factory=lambda: {
         "rmu": {"steering_coeff": 20.0, "gamma": 100.0, "epochs": 20}})
     seed: int = 0
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got "
+                             f"{bad or self.methods}")
+        if self.n_people < 10:
+            raise ValueError(f"n_people must be >= 10, got {self.n_people}")
+        if not 0 < self.forget < 0.9:
+            raise ValueError(f"forget must be in (0, 0.9), got {self.forget}")
+        for name in ("finetune_epochs", "unlearn_epochs", "retain_eval", "hidden_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        unknown = set(self.overrides) - set(METHODS)
+        if unknown:
+            raise ValueError(f"overrides has unknown methods {sorted(unknown)}")
+
+    @classmethod
+    def from_file(cls, path: str) -> FactsExperimentConfig:
+        """A config from a YAML or JSON file whose keys are this dataclass's fields."""
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
 
 
 def tiny_llama(vocab_size: int, hidden_size: int = 64, pad_id: int = 0, bos_id: int = 1,
@@ -58,8 +93,20 @@ def _scores(model, tok, qas) -> tuple[float, float]:
     return em, rouge
 
 
-def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
-    """Memorize, then unlearn with each method; one row per model."""
+def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
+                         resume: bool = False) -> list[dict]:
+    """Memorize, then unlearn with each method; one row per model. With `out`, the memorized
+    model and every finished method's row are checkpointed there, and `resume=True` skips
+    them; `results.json`, `results.md` and `llm_unlearning.png` are written at the end."""
+    cfg.validate()
+    progress: dict = {}
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "rows.json")
+        if resume and os.path.exists(path):
+            progress = load_json(path)
+            if progress.get("config") != asdict(cfg):
+                raise ValueError(f"--resume: {out} holds a run with another config")
     from trustfast.data.facts import WordTokenizer, encode_qa, make_facts, split
     from trustfast.llm.metrics import truth_ratio, truth_ratio_score
 
@@ -76,8 +123,14 @@ def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
 
     model = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
                        cfg.seed)
-    finetune(model, [encode(q) for q in forget + retain], tok.pad_id, cfg.finetune_epochs,
-             lr=3e-3, batch_size=16, seed=cfg.seed, desc="memorize facts")
+    cached = load_checkpoint(out, "memorized") if out is not None and resume else None
+    if cached is not None:
+        model.load_state_dict(cached[0])
+    else:
+        finetune(model, [encode(q) for q in forget + retain], tok.pad_id, cfg.finetune_epochs,
+                 lr=3e-3, batch_size=16, seed=cfg.seed, desc="memorize facts")
+        if out is not None:
+            save_checkpoint(out, "memorized", model.state_dict(), {"epochs": cfg.finetune_epochs})
     retain_eval = retain[:cfg.retain_eval]
 
     def row(name: str, m, seconds: float) -> dict:
@@ -87,8 +140,18 @@ def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
         return {"method": name, "forget_EM": f_em, "retain_EM": r_em, "forget_ROUGE": f_rouge,
                 "retain_ROUGE": r_rouge, "forget_truth_ratio": tr, "seconds": seconds}
 
-    rows = [row("original", model, 0.0)]
+    done: dict = progress.get("rows", {})
+
+    def record(r: dict) -> None:
+        done[r["method"]] = r
+        if out is not None:
+            save_json(os.path.join(out, "rows.json"), {"config": asdict(cfg), "rows": done})
+
+    if "original" not in done:
+        record(row("original", model, 0.0))
     for method in cfg.methods:
+        if method in done:
+            continue
         m = copy.deepcopy(model)
         start = time.perf_counter()
         unlearn(m, [encode(q, idk=method == "idkdpo") for q in forget],
@@ -96,5 +159,37 @@ def run_facts_unlearning(cfg: FactsExperimentConfig) -> list[dict]:
                 UnlearnConfig(**{"method": method, "epochs": cfg.unlearn_epochs,
                                  "lr": cfg.unlearn_lr, "seed": cfg.seed,
                                  **cfg.overrides.get(method, {})}), tok.pad_id)
-        rows.append(row(method, m, time.perf_counter() - start))
+        record(row(method, m, time.perf_counter() - start))
+    rows = [done["original"]] + [done[m] for m in cfg.methods]
+    if out is not None:
+        save_json(os.path.join(out, "results.json"), {"config": asdict(cfg), "rows": rows})
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(markdown_table(rows) + "\n")
+        _plot(rows, os.path.join(out, "llm_unlearning.png"))
     return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """method: forget / retain exact match and ROUGE-L recall, forget truth ratio, seconds."""
+    keys = ("forget_EM", "retain_EM", "forget_ROUGE", "retain_ROUGE", "forget_truth_ratio",
+            "seconds")
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for r in rows:
+        lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], path: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(rows), 3.2))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["forget_EM"] for r in rows], 0.4, label="forget EM")
+    ax.bar([x + 0.2 for x in xs], [r["retain_EM"] for r in rows], 0.4, label="retain EM")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["method"] for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_title("fictitious facts: forget vs retain")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
