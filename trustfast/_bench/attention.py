@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from trustfast._bench.judge import judge
 from trustfast._bench.timing import median_time
 from trustfast.ops.attention import attention, attention_reference
 
@@ -44,10 +45,6 @@ def _inputs(shape, dtype, device, seed=0):
     return q, k, v
 
 
-def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-
-
 def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "triton") -> dict:
     """Forward, dq/dk/dv and the JVP of `attention(backend=...)` vs float64, against math
     attention's error in `dtype`."""
@@ -69,14 +66,8 @@ def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "trito
                        (tq, tk, tv))
     math_attn = derivatives(attention_reference, q, k, v, do, (tq, tk, tv))
     floor = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    arrays, passed = {}, True
-    for name in ref:
-        err, base = _rel_err(ours[name], ref[name]), _rel_err(math_attn[name], ref[name])
-        bound = max(2 * base, floor)
-        arrays[name] = {"err": err, "math_err": base, "bound": bound, "passed": err <= bound}
-        passed &= err <= bound
-    return {"shape": shape_name(shape), "dtype": str(dtype).removeprefix("torch."),
-            "passed": bool(passed), "arrays": arrays}
+    return judge(ref, ours, math_attn, floor, shape=shape_name(shape),
+                 dtype=str(dtype).removeprefix("torch."))
 
 
 def _sdpa(backend) -> Callable:

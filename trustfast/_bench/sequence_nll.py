@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as fn
 
+from trustfast._bench.judge import judge
 from trustfast._bench.timing import median_time
 from trustfast.ops.sequence_nll import sequence_nll, sequence_nll_reference
 
@@ -45,9 +46,6 @@ def _logits_path(hidden, weight, labels) -> torch.Tensor:
                             ignore_index=-100).sum(1)
 
 
-def _rel_err(got, ref) -> float:
-    return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-
 
 def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "triton") -> dict:
     hidden, weight, labels = _problem(shape, dtype, device)
@@ -64,14 +62,8 @@ def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "trito
     ours = run(lambda h, wt: sequence_nll(h, wt, labels, backend=backend).sum, hidden, weight)
     peer = run(lambda h, wt: _logits_path(h, wt, labels), hidden, weight)
     floor = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
-    arrays, passed = {}, True
-    for name in ref:
-        err, base = _rel_err(ours[name], ref[name]), _rel_err(peer[name], ref[name])
-        bound = max(2 * base, floor)
-        arrays[name] = {"err": err, "math_err": base, "bound": bound, "passed": err <= bound}
-        passed &= err <= bound
-    return {"shape": shape_name(shape), "dtype": str(dtype).removeprefix("torch."),
-            "passed": bool(passed), "arrays": arrays}
+    return judge(ref, ours, peer, floor, shape=shape_name(shape),
+                 dtype=str(dtype).removeprefix("torch."))
 
 
 def measure(shape, device: torch.device, repeats: int,
