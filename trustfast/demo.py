@@ -289,14 +289,10 @@ def llm_unlearning_section(out: str, seed: int, resume: bool) -> list[dict]:
     with NPO and SimNPO: answer exact match and ROUGE-L on forget and retain, truth ratio."""
     from trustfast.llm.facts_experiment import FactsExperimentConfig, run_facts_unlearning
 
-    done = load_checkpoint(out, "llm_unlearning") if resume else None
-    if done is not None:
-        return done[1]["rows"]
-    rows = [{"section": "llm_unlearning", "stage": r.pop("method"), **r}
-            for r in run_facts_unlearning(FactsExperimentConfig(methods=["npo", "simnpo"],
-                                                                seed=seed))]
-    save_checkpoint(out, "llm_unlearning", {}, {"rows": rows})
-    return rows
+    result = run_facts_unlearning(FactsExperimentConfig(methods=["npo", "simnpo"], seed=seed),
+                                  os.path.join(out, "llm"), resume=resume)
+    return [{"section": "llm_unlearning", "stage": r["method"],
+             **{k: v for k, v in r.items() if k != "method"}} for r in result]
 
 
 # Each issue adds its section here; order is the order `trustfast demo` runs them.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from trustfast._bench.judge import judge
-from trustfast._bench.timing import median_time
+from trustfast._bench.timing import median_time, time_and_peak, unsupported
 from trustfast.ops.attention import attention, attention_reference
 
 # Stable Diffusion (batch 2 x 8 heads; self N = 4096 / 1024 / 256, cross 77 tokens) and DiT.
@@ -138,19 +138,14 @@ def measure(shape, device: torch.device, repeats: int, dtype: torch.dtype = torc
         for name, fn in variants(device).items():
             row = {"shape": shape_name(shape), "mode": mode, "variant": name,
                    "dtype": str(dtype).removeprefix("torch.")}
-            try:
-                work = _work(mode, fn, q, k, v)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                    base = torch.cuda.memory_allocated(device)
-                seconds = median_time(work, device, repeats)
-                if device.type == "cuda":
-                    row["peak_MB"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            try:  # SDPA's fused kernels raise for forward AD: a row saying so
+                seconds, peak = time_and_peak(_work(mode, fn, q, k, v), device, repeats)
             except (RuntimeError, NotImplementedError) as exc:
-                row["unsupported"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                row["unsupported"] = unsupported(exc)
                 mode_rows.append(row)
                 continue
+            if peak is not None:
+                row["peak_MB"] = peak
             times[name] = seconds
             row.update(ms=seconds * 1e3, **{"TFLOP/s": flops / seconds / 1e12})
             if matmul_tflops:

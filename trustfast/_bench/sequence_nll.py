@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as fn
 
 from trustfast._bench.judge import judge
-from trustfast._bench.timing import median_time
+from trustfast._bench.timing import time_and_peak, unsupported
 from trustfast.ops.sequence_nll import sequence_nll, sequence_nll_reference
 
 CHECK_SHAPES = [(2, 257, 256, 32003), (1, 129, 512, 128256)]
@@ -78,18 +78,14 @@ def measure(shape, device: torch.device, repeats: int,
     for name, work in variants.items():
         row = {"shape": shape_name(shape), "variant": name,
                "dtype": str(dtype).removeprefix("torch.")}
-        try:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            seconds = median_time(work, device, repeats)
-            if device.type == "cuda":
-                row["peak_MB"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-            row["unsupported"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        try:  # the logits path runs out of memory first at large vocab
+            seconds, peak = time_and_peak(work, device, repeats)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            row["unsupported"] = unsupported(exc)
             rows.append(row)
             continue
+        if peak is not None:
+            row["peak_MB"] = peak
         times[name] = seconds
         row.update(ms=seconds * 1e3, tokens_per_s=shape[0] * shape[1] / seconds)
         rows.append(row)

@@ -54,6 +54,24 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 2
     return statistics.median(times)
 
 
+def time_and_peak(work: Callable[[], object], device: torch.device,
+                  repeats: int) -> tuple[float, float | None]:
+    """(median seconds of `work()`, its peak extra CUDA memory in MB, or None off CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return median_time(work, device, repeats), None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    seconds = median_time(work, device, repeats)
+    return seconds, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def unsupported(exc: BaseException) -> str:
+    """A variant that cannot run (no forward AD, out of memory...), for its benchmark row."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
 def copy_bandwidth(nbytes: int, device: torch.device, repeats: int = 20) -> float:
     """Bytes/s of `dst.copy_(src)` moving `nbytes` in total (nbytes / 2 read, nbytes / 2 written).
 
