@@ -84,7 +84,8 @@ def tiny_llama(vocab_size: int, hidden_size: int = 64, pad_id: int = 0, bos_id: 
     return LlamaForCausalLM(config)
 
 
-def _scores(model, tok, qas) -> tuple[float, float]:
+def score_answers(model, tok, qas) -> tuple[float, float]:
+    """(exact match, ROUGE-L recall) of greedy answers to the questions of `qas`."""
     from trustfast.llm.metrics import exact_match, greedy_answers, rouge_l_recall
 
     answers = greedy_answers(model, tok, [q.question for q in qas], max_new_tokens=12)
@@ -134,8 +135,8 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
     retain_eval = retain[:cfg.retain_eval]
 
     def row(name: str, m, seconds: float) -> dict:
-        f_em, f_rouge = _scores(m, tok, forget)
-        r_em, r_rouge = _scores(m, tok, retain_eval)
+        f_em, f_rouge = score_answers(m, tok, forget)
+        r_em, r_rouge = score_answers(m, tok, retain_eval)
         tr = truth_ratio_score(truth_ratio(m, tok, forget))
         return {"method": name, "forget_EM": f_em, "retain_EM": r_em, "forget_ROUGE": f_rouge,
                 "retain_ROUGE": r_rouge, "forget_truth_ratio": tr, "seconds": seconds}
