@@ -403,7 +403,7 @@ class Suite:
                              "hvp_timings": [], "pgd_checks": [], "pgd_timings": [],
                              "attention_checks": [], "attention_timings": [],
                              "sequence_nll_checks": [], "sequence_nll_timings": [],
-                             "errors": []}
+                             "llm_memory": [], "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -446,7 +446,7 @@ class Suite:
         rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
                               "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
                               "attention_timings", "sequence_nll_checks",
-                              "sequence_nll_timings")
+                              "sequence_nll_timings", "llm_memory")
                 for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
@@ -601,6 +601,14 @@ def markdown_table(report: dict) -> str:
         add("sequence_nll", f"{r.get('shape', '')}: {r.get('variant', '')}", r.get("dtype", ""),
             ms=r.get("ms"), rate=rate, speedup=r.get("trustfast speed-up"), detail=detail,
             status=_status(r))
+    for r in report.get("llm_memory", []):
+        detail = ""
+        if "measured_GB" in r:
+            detail = (f"peak {r['measured_GB']:.2f} GB, memory model {r['predicted_GB']:.2f} GB"
+                      + (f" (goal {r['goal']})" if "goal" in r else ""))
+        rate = f"{r['tokens_per_s']:.4g} tok/s" if "tokens_per_s" in r else ""
+        add("llm NPO step", f"{r.get('case', '')}: {r.get('variant', '')}", "", rate=rate,
+            detail=detail, status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -639,6 +647,7 @@ def run_suite(args: argparse.Namespace) -> int:
     """Ceilings (seconds), then checks (a wrong kernel makes its timing moot), then timings."""
     from trustfast._bench import attention as attn_bench
     from trustfast._bench import hvp as hvp_bench
+    from trustfast._bench import llm_memory as llm_bench
     from trustfast._bench import pgd as pgd_bench
     from trustfast._bench import sequence_nll as nll_bench
     from trustfast._bench.cli import measure, parse_sizes
@@ -785,6 +794,13 @@ def run_suite(args: argparse.Namespace) -> int:
             suite.run("sequence_nll_timings", f"sequence_nll timing {nll_bench.shape_name(shape)}",
                       lambda s=shape: nll_bench.measure(s, device, min(repeats, 5),
                                                         attn_dtype), {"bench": "sequence_nll"})
+        # one NPO step: peak memory (measured vs the memory model) and tokens/s; the 1B and
+        # 7B Llama shapes on a GPU only (the 7B goal: <= 40 GB)
+        for case in llm_bench.cases(big=device.type == "cuda" and not args.small):
+            for variant in llm_bench.VARIANTS:
+                suite.run("llm_memory", f"llm NPO step {case[0]} {variant.split(' ')[0]}",
+                          lambda c=case, v=variant: llm_bench.row(*c, v, device.type),
+                          {"bench": "llm_memory"})
         suite.run("attention_timings", "attention JVP / forward",
                   lambda: attn_bench.jvp_over_forward(jvp_shape, device, min(repeats, 5),
                                                       attn_dtype), {"bench": "attention jvp"})

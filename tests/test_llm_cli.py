@@ -21,7 +21,7 @@ def test_llm_unlearn_cli_writes_results_and_resumes(tmp_path, capsys, one_intra_
     assert "| ga |" in capsys.readouterr().out
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["config"]["methods"] == ["ga"] and result["config"]["n_people"] == 10
-    assert [r["method"] for r in result["rows"]] == ["original", "ga"]
+    assert [r["method"] for r in result["rows"]] == ["original", "retain_only", "ga"]
     for r in result["rows"]:
         assert 0.0 <= r["forget_EM"] <= 1.0 and 0.0 <= r["retain_ROUGE"] <= 1.0
     for name in ("results.md", "llm_unlearning.png", "memorized.safetensors"):

@@ -4,8 +4,11 @@
 word tokenizer and a `LlamaForCausalLM` from a config (random init, nothing downloaded),
 fine-tunes it on forget + retain until it answers them, then runs each unlearning method on a
 copy and measures forget / retain answer exact match and ROUGE-L recall, the forget truth-ratio
-score, and the seconds taken. Rows: {"method", "forget_EM", "retain_EM", "forget_ROUGE",
-"retain_ROUGE", "forget_truth_ratio", "seconds"}; method "original" is the memorized model.
+score, forget quality (KS p-value of forget truth ratios against a model fine-tuned on the retain
+set only), PrivLeak (min-k% prob MIA AUC, forget vs holdout, relative to that retain-only
+model's), and the seconds taken. Rows: {"method", "forget_EM", "retain_EM", "forget_ROUGE",
+"retain_ROUGE", "forget_truth_ratio", "forget_quality", "privleak", "seconds"}; method
+"original" is the memorized model, "retain_only" the gold standard.
 """
 
 from __future__ import annotations
@@ -109,10 +112,17 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
             if progress.get("config") != asdict(cfg):
                 raise ValueError(f"--resume: {out} holds a run with another config")
     from trustfast.data.facts import WordTokenizer, encode_qa, make_facts, split
-    from trustfast.llm.metrics import truth_ratio, truth_ratio_score
+    from trustfast.llm.metrics import (
+        forget_quality,
+        mia_auc,
+        min_k_prob_scores,
+        privleak,
+        truth_ratio,
+        truth_ratio_score,
+    )
 
     facts = make_facts(cfg.n_people, seed=cfg.seed)
-    forget, retain, _ = split(facts, cfg.forget, 0.1, seed=cfg.seed)
+    forget, retain, holdout = split(facts, cfg.forget, 0.1, seed=cfg.seed)
     tok = WordTokenizer(facts.texts())
 
     def encode(qa, idk: bool = False) -> dict:
@@ -133,13 +143,34 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
         if out is not None:
             save_checkpoint(out, "memorized", model.state_dict(), {"epochs": cfg.finetune_epochs})
     retain_eval = retain[:cfg.retain_eval]
+    # the gold standard of forget quality and PrivLeak: the same model trained on retain only
+    gold = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
+                      cfg.seed)
+    cached = load_checkpoint(out, "retain_only") if out is not None and resume else None
+    if cached is not None:
+        gold.load_state_dict(cached[0])
+    else:
+        finetune(gold, [encode(q) for q in retain], tok.pad_id, cfg.finetune_epochs, lr=3e-3,
+                 batch_size=16, seed=cfg.seed, desc="retain-only model")
+        if out is not None:
+            save_checkpoint(out, "retain_only", gold.state_dict(),
+                            {"epochs": cfg.finetune_epochs})
+
+    def mia(m) -> float:  # min-k% prob: forget (members) against holdout (never trained on)
+        scores = [min_k_prob_scores(m, tok, [q.question for q in qas], [q.answer for q in qas])
+                  for qas in (forget, holdout)]
+        return mia_auc(*scores)
+
+    gold_ratios, gold_auc = truth_ratio(gold, tok, forget), mia(gold)
 
     def row(name: str, m, seconds: float) -> dict:
         f_em, f_rouge = score_answers(m, tok, forget)
         r_em, r_rouge = score_answers(m, tok, retain_eval)
-        tr = truth_ratio_score(truth_ratio(m, tok, forget))
+        ratios = truth_ratio(m, tok, forget)
         return {"method": name, "forget_EM": f_em, "retain_EM": r_em, "forget_ROUGE": f_rouge,
-                "retain_ROUGE": r_rouge, "forget_truth_ratio": tr, "seconds": seconds}
+                "retain_ROUGE": r_rouge, "forget_truth_ratio": truth_ratio_score(ratios),
+                "forget_quality": forget_quality(ratios, gold_ratios),
+                "privleak": privleak(mia(m), gold_auc), "seconds": seconds}
 
     done: dict = progress.get("rows", {})
 
@@ -150,6 +181,8 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
 
     if "original" not in done:
         record(row("original", model, 0.0))
+    if "retain_only" not in done:
+        record(row("retain_only", gold, 0.0))
     for method in cfg.methods:
         if method in done:
             continue
@@ -161,7 +194,7 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
                                  "lr": cfg.unlearn_lr, "seed": cfg.seed,
                                  **cfg.overrides.get(method, {})}), tok.pad_id)
         record(row(method, m, time.perf_counter() - start))
-    rows = [done["original"]] + [done[m] for m in cfg.methods]
+    rows = [done["original"], done["retain_only"]] + [done[m] for m in cfg.methods]
     if out is not None:
         save_json(os.path.join(out, "results.json"), {"config": asdict(cfg), "rows": rows})
         with open(os.path.join(out, "results.md"), "w") as f:
@@ -171,9 +204,10 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """method: forget / retain exact match and ROUGE-L recall, forget truth ratio, seconds."""
+    """method: forget / retain exact match and ROUGE-L recall, forget truth ratio, forget
+    quality, PrivLeak (%), seconds."""
     keys = ("forget_EM", "retain_EM", "forget_ROUGE", "retain_ROUGE", "forget_truth_ratio",
-            "seconds")
+            "forget_quality", "privleak", "seconds")
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for r in rows:
         lines.append(f"| {r['method']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")

@@ -1,7 +1,7 @@
 """Unlearning under DeepSpeed ZeRO (stages 0-3), one process per device or per CPU slot.
 
     torchrun --nproc_per_node 2 -m trustfast.llm.train --config run.yaml --out runs/zero2
-    deepspeed --num_accelerators 2 -m trustfast.llm.train --config run.yaml --out runs/zero2
+    deepspeed --num_accelerators 2 --module trustfast.llm.train --config run.yaml --out runs/zero2
     python -m trustfast.llm.train --config run.yaml          # one process (DeepSpeed or not)
 
 `unlearn_deepspeed` runs the same loop as the single-process `trustfast.llm.train.unlearn`
@@ -41,6 +41,7 @@ from torch import nn
 
 from trustfast.checkpoint import load_checkpoint, save_checkpoint, save_json
 from trustfast.llm.losses import unlearning_loss
+from trustfast.llm.memory import set_checkpointing
 from trustfast.llm.train import (
     UnlearnConfig,
     check_resumable,
@@ -162,11 +163,16 @@ def unlearn_deepspeed(model: nn.Module, forget: list[dict], retain: list[dict],
     import deepspeed
 
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if config.optimizer_in_backward:
+        raise ValueError("optimizer_in_backward is for single-process runs; under DeepSpeed "
+                         "use zero.offload_optimizer to take the optimizer off the device")
     forget, ref_model, params = prepare_unlearning(model, forget, retain, config, pad_id)
     if config.method == "rmu":  # DeepSpeed reduces gradients of every trainable weight
         trained = {id(p) for p in params}
         for p in model.parameters():
             p.requires_grad_(id(p) in trained)
+    if config.gradient_checkpointing:
+        set_checkpointing(model, True)
     module = _UnlearnModule(model, config, ref_model)
     optimizer = make_optimizer(params, config.optimizer, config.lr, config.weight_decay)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer,

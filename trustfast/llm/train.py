@@ -28,6 +28,7 @@ from trustfast.llm.losses import (
     sequence_nlls,
     unlearning_loss,
 )
+from trustfast.llm.memory import StepInBackward, set_checkpointing
 
 
 def collate(examples: list[dict], pad_id: int, prefix: str = "") -> dict:
@@ -95,6 +96,8 @@ class UnlearnConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     optimizer: str = "adamw"  # adamw (torch) | adamw8bit | paged_adamw8bit (bitsandbytes)
     weight_decay: float = 0.01
+    optimizer_in_backward: bool = False  # step each weight when its gradient is ready, free it
+    gradient_checkpointing: bool = False  # keep layer inputs only, recompute in the backward
     beta: float | None = None  # None: the method's default (LossConfig)
     gamma: float | None = None  # None: the method's default (LossConfig)
     alpha: float = 1.0
@@ -110,6 +113,9 @@ class UnlearnConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer_in_backward and self.grad_accum_steps > 1:
+            raise ValueError("optimizer_in_backward steps at every backward: it needs "
+                             "grad_accum_steps=1")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         self.loss_config()  # validates method, beta, gamma, ...
@@ -260,7 +266,13 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
     runs the same loop under DeepSpeed."""
     loss_cfg = config.loss_config()
     forget, ref_model, params = prepare_unlearning(model, forget, retain, config, pad_id)
-    opt = make_optimizer(params, config.optimizer, config.lr, config.weight_decay)
+    if config.optimizer_in_backward:
+        opt = StepInBackward(params, lambda p: make_optimizer(p, config.optimizer, config.lr,
+                                                              config.weight_decay))
+    else:
+        opt = make_optimizer(params, config.optimizer, config.lr, config.weight_decay)
+    if config.gradient_checkpointing:
+        set_checkpointing(model, True)
     start_epoch, history = 0, []
     if resume and checkpoint_dir:
         done = load_checkpoint(checkpoint_dir, "unlearn")
@@ -285,6 +297,10 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
                  step=step, start_epoch=start_epoch, history=history,
                  on_epoch=(lambda epoch, h: _save(checkpoint_dir, model, opt, config, epoch, h))
                  if checkpoint_dir else None)
+    if config.optimizer_in_backward:
+        opt.remove()
+    if config.gradient_checkpointing:
+        set_checkpointing(model, False)
     model.eval()
     return history
 
@@ -307,7 +323,7 @@ def _save(folder, model, opt, config, epoch, history) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m trustfast.llm.train` (or torchrun / deepspeed -m): see trustfast.llm.launch."""
+    """`python -m trustfast.llm.train` (or torchrun -m, deepspeed --module): see launch.py."""
     from trustfast.llm.launch import main as launch_main
 
     launch_main(argv)
