@@ -60,3 +60,21 @@ def load_checkpoint(folder: str, name: str) -> tuple[dict[str, torch.Tensor], di
     if not (os.path.exists(meta) and os.path.exists(weights)):
         return None
     return load_file(weights), load_json(meta)
+
+
+def load_config(cls, path: str):
+    """A dataclass `cls` from a YAML or JSON file whose keys are its fields (unknown keys and
+    non-mappings are errors naming the file)."""
+    import dataclasses
+
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {cls.__name__} fields")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+    return cls(**data)

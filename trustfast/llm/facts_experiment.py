@@ -16,11 +16,11 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from trustfast.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from trustfast.checkpoint import load_checkpoint, load_config, load_json, save_checkpoint, save_json
 from trustfast.llm.losses import METHODS
 from trustfast.llm.train import UnlearnConfig, finetune, unlearn
 from trustfast.utils import pyplot
@@ -60,17 +60,7 @@ class FactsExperimentConfig:
     @classmethod
     def from_file(cls, path: str) -> FactsExperimentConfig:
         """A config from a YAML or JSON file whose keys are this dataclass's fields."""
-        import yaml
-
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return load_config(cls, path)
 
 
 def tiny_llama(vocab_size: int, hidden_size: int = 64, pad_id: int = 0, bos_id: int = 1,
@@ -132,29 +122,24 @@ def run_facts_unlearning(cfg: FactsExperimentConfig, out: str | None = None,
             example.update({f"idk_{k}": v for k, v in refusal.items()})
         return example
 
-    model = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
+    def fine_tuned(name: str, qas, desc: str):
+        """The tiny Llama fine-tuned on `qas`, or its checkpoint in `out` when resuming."""
+        m = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
                        cfg.seed)
-    cached = load_checkpoint(out, "memorized") if out is not None and resume else None
-    if cached is not None:
-        model.load_state_dict(cached[0])
-    else:
-        finetune(model, [encode(q) for q in forget + retain], tok.pad_id, cfg.finetune_epochs,
-                 lr=3e-3, batch_size=16, seed=cfg.seed, desc="memorize facts")
+        cached = load_checkpoint(out, name) if out is not None and resume else None
+        if cached is not None:
+            m.load_state_dict(cached[0])
+            return m
+        finetune(m, [encode(q) for q in qas], tok.pad_id, cfg.finetune_epochs, lr=3e-3,
+                 batch_size=16, seed=cfg.seed, desc=desc)
         if out is not None:
-            save_checkpoint(out, "memorized", model.state_dict(), {"epochs": cfg.finetune_epochs})
-    retain_eval = retain[:cfg.retain_eval]
+            save_checkpoint(out, name, m.state_dict(), {"epochs": cfg.finetune_epochs})
+        return m
+
+    model = fine_tuned("memorized", forget + retain, "memorize facts")
     # the gold standard of forget quality and PrivLeak: the same model trained on retain only
-    gold = tiny_llama(tok.vocab_size, cfg.hidden_size, tok.pad_id, tok.bos_id, tok.eos_id,
-                      cfg.seed)
-    cached = load_checkpoint(out, "retain_only") if out is not None and resume else None
-    if cached is not None:
-        gold.load_state_dict(cached[0])
-    else:
-        finetune(gold, [encode(q) for q in retain], tok.pad_id, cfg.finetune_epochs, lr=3e-3,
-                 batch_size=16, seed=cfg.seed, desc="retain-only model")
-        if out is not None:
-            save_checkpoint(out, "retain_only", gold.state_dict(),
-                            {"epochs": cfg.finetune_epochs})
+    gold = fine_tuned("retain_only", retain, "retain-only model")
+    retain_eval = retain[:cfg.retain_eval]
 
     def mia(m) -> float:  # min-k% prob: forget (members) against holdout (never trained on)
         scores = [min_k_prob_scores(m, tok, [q.question for q in qas], [q.answer for q in qas])

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from trustfast.checkpoint import load_checkpoint, save_checkpoint, save_json
+from trustfast.checkpoint import load_checkpoint, load_config, save_checkpoint, save_json
 from trustfast.llm.losses import unlearning_loss
 from trustfast.llm.memory import set_checkpointing
 from trustfast.llm.train import (
@@ -279,16 +279,8 @@ class LaunchConfig:
 
     @classmethod
     def from_file(cls, path: str) -> LaunchConfig:
-        import yaml
-
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping with facts / unlearn / zero / eval_every")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}")
-        return cls(**data)
+        """A config from a YAML or JSON file whose keys are this dataclass's fields."""
+        return load_config(cls, path)
 
 
 def run_launch(cfg: LaunchConfig, out: str, resume: bool = False) -> dict | None:
