@@ -403,7 +403,7 @@ class Suite:
                              "hvp_timings": [], "pgd_checks": [], "pgd_timings": [],
                              "attention_checks": [], "attention_timings": [],
                              "sequence_nll_checks": [], "sequence_nll_timings": [],
-                             "llm_memory": [], "errors": []}
+                             "llm_memory": [], "watermark_attack": [], "errors": []}
 
     def run(self, key: str, label: str, fn: Callable[[], object], meta: dict | None = None):
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
@@ -446,7 +446,7 @@ class Suite:
         rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
                               "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
                               "attention_timings", "sequence_nll_checks",
-                              "sequence_nll_timings", "llm_memory")
+                              "sequence_nll_timings", "llm_memory", "watermark_attack")
                 for r in self.report.get(key, [])]
         return any("error" in r or r.get("passed") is False for r in rows)
 
@@ -609,6 +609,10 @@ def markdown_table(report: dict) -> str:
         rate = f"{r['tokens_per_s']:.4g} tok/s" if "tokens_per_s" in r else ""
         add("llm NPO step", f"{r.get('case', '')}: {r.get('variant', '')}", "", rate=rate,
             detail=detail, status=_status(r))
+    for r in report.get("watermark_attack", []):
+        add("watermark attack", f"{r.get('faces', '')} faces x {r.get('messages', '')} messages: "
+            f"{r.get('variant', '')}", "float32", ms=r.get("ms"),
+            speedup=r.get("trustfast speed-up"), status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")
@@ -650,6 +654,7 @@ def run_suite(args: argparse.Namespace) -> int:
     from trustfast._bench import llm_memory as llm_bench
     from trustfast._bench import pgd as pgd_bench
     from trustfast._bench import sequence_nll as nll_bench
+    from trustfast._bench import watermark_attack as wm_bench
     from trustfast._bench.cli import measure, parse_sizes
 
     device = torch.device(args.device)
@@ -801,6 +806,11 @@ def run_suite(args: argparse.Namespace) -> int:
                 suite.run("llm_memory", f"llm NPO step {case[0]} {variant.split(' ')[0]}",
                           lambda c=case, v=variant: llm_bench.row(*c, v, device.type),
                           {"bench": "llm_memory"})
+        # the adversarial watermarking attack: messages batched vs a per-message loop
+        wm_size = ({"faces": 8, "steps": 1, "messages": 2, "repeats": 1}
+                   if args.small or interpreted else {})
+        suite.run("watermark_attack", "watermark attack timing",
+                  lambda: wm_bench.measure(device.type, **wm_size), {"bench": "watermark attack"})
         suite.run("attention_timings", "attention JVP / forward",
                   lambda: attn_bench.jvp_over_forward(jvp_shape, device, min(repeats, 5),
                                                       attn_dtype), {"bench": "attention jvp"})

@@ -64,8 +64,14 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     llm = {r["stage"]: r for r in result["rows"] if r["section"] == "llm_unlearning"}
     assert llm["original"]["forget_EM"] == 1.0
     assert llm["simnpo"]["forget_EM"] <= 0.2 and llm["simnpo"]["retain_EM"] >= 0.8
+    wm = {r["stage"]: r for r in result["rows"] if r["section"] == "watermark_attack"}
+    assert wm["clean"]["verification_accuracy"] >= 0.9
+    assert wm["eps 4/255"]["verification_accuracy"] >= wm["clean"]["verification_accuracy"] - 0.05
+    assert (wm["eps 4/255 + watermark"]["verification_accuracy"]
+            < wm["clean + watermark"]["verification_accuracy"] - 0.05)
     for name in ("results.md", "masked_training_loss.png", "bilevel.png", "robustness.png",
-                 "robustness.json", "backdoor/identify.png"):
+                 "robustness.json", "backdoor/identify.png",
+                 "watermark_attack/watermark_attack.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
     # --resume reuses the finished checkpoints: same training rows, no retraining

@@ -1,4 +1,5 @@
-"""The `trustfast` command: info, demo, bench, unlearn, backdoor, llm-unlearn."""
+"""The `trustfast` command: info, demo, bench, unlearn, backdoor, llm-unlearn,
+watermark-attack."""
 
 from __future__ import annotations
 
@@ -59,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     llm.add_argument("--seed", type=int, default=None, help="overrides the config")
     llm.add_argument("--out", default="runs/llm_unlearn")
     llm.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+
+    wm = sub.add_parser("watermark-attack", help="face verification, HiDDeN watermark and the "
+                        "adversarial watermarking attack on built-in faces: the four-cell table")
+    wm.add_argument("--config", default=None, help="YAML/JSON file of WatermarkAttackConfig "
+                    "fields (eps, steps, message, pairs, face, watermark, ...)")
+    wm.add_argument("--eps", default=None, help="comma-separated budgets in pixels/255, e.g. 2,4")
+    wm.add_argument("--steps", type=int, default=None, help="PGD steps; overrides the config")
+    wm.add_argument("--message", choices=["random", "fixed"], default=None,
+                    help="the attack's messages; overrides the config")
+    wm.add_argument("--seed", type=int, default=None, help="overrides the config")
+    wm.add_argument("--out", default="runs/watermark_attack")
+    wm.add_argument("--resume", action="store_true", help="reuse trained models in --out")
 
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -127,6 +140,29 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(rows))
         print(f"[trustfast llm-unlearn] wrote {args.out}/results.json, results.md, "
               "llm_unlearning.png")
+        return 0
+    if args.command == "watermark-attack":
+        from trustfast.attacks.watermark_experiment import (
+            WatermarkAttackConfig,
+            markdown_table,
+            run_watermark_attack,
+        )
+
+        try:
+            cfg = (WatermarkAttackConfig.from_file(args.config) if args.config
+                   else WatermarkAttackConfig())
+            if args.eps:
+                cfg.eps = [float(e) / 255 for e in args.eps.split(",") if e.strip()]
+            for name in ("steps", "message", "seed"):
+                if getattr(args, name) is not None:
+                    setattr(cfg, name, getattr(args, name))
+            cfg.validate()
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(str(exc))
+        rows = run_watermark_attack(cfg, args.out, resume=args.resume)
+        print(markdown_table(rows))
+        print(f"[trustfast watermark-attack] wrote {args.out}/results.json, results.md, "
+              "watermark_attack.png")
         return 0
     if args.command == "bench":
         from trustfast._bench.cli import run_bench

@@ -1,0 +1,164 @@
+"""The adversarial watermarking attack on face verification: a perturbation that does nothing
+on its own and breaks face matching once a watermark is embedded.
+
+For a probe x, its reference r and y = +1 (same person) or -1 (different people), with d the
+squared distance of normalized embeddings and tau the verifier's threshold (match iff d < tau),
+the margin of a correct decision is y (tau - d). The attack minimizes, within ||delta||_inf <= eps
+and x + delta in [0, 1]:
+
+    w_s * relu(kappa - y (tau - d(x + delta, r)))              stealth: still decided correctly
+    + E_m relu(kappa + y (tau - d(W(x + delta, m), r)))       activation: wrong once watermarked
+
+where W(., m) is the watermark encoder with message m. With message="random" the expectation
+runs over `num_messages` fresh random messages at every step (expectation over
+transformations), so the perturbation works for messages it never saw; with "fixed" it targets
+one message. All messages of a step go through the encoder and the face model as one batch. The
+update is `trustfast.attacks.PGD` and its fused step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trustfast.attacks.pgd import PGD
+
+MESSAGES = ("fixed", "random")
+
+
+class _Watermarked(nn.Module):
+    """x -> embeddings (N, 1 + M, D) of x and of W(x, m_1..M), in one batch."""
+
+    def __init__(self, verifier, watermark, bits: int, message: str, num_messages: int,
+                 fixed: torch.Tensor | None, seed: int):
+        super().__init__()
+        self.verifier = verifier
+        self.watermark = watermark  # a submodule when it is one: PGD puts it in eval mode
+        self.encode = getattr(watermark, "embed", watermark)
+        self.bits, self.message, self.num_messages, self.fixed = bits, message, num_messages, fixed
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+
+    def messages(self, n: int, device) -> torch.Tensor:
+        if self.message == "fixed":
+            return self.fixed.to(device).expand(1, n, self.bits)
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, 2, (self.num_messages, n, self.bits),
+                             generator=self.generator).float().to(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        m = self.messages(n, x.device)
+        count = m.shape[0]
+        marked = self.encode(x.repeat(count, 1, 1, 1), m.reshape(count * n, self.bits))
+        emb = self.verifier.embed(torch.cat([x, marked.clamp(0, 1)]))
+        return emb.view(1 + count, n, -1).transpose(0, 1)
+
+
+def _check_references(images: torch.Tensor, references: torch.Tensor,
+                      same: torch.Tensor) -> None:
+    if not isinstance(references, torch.Tensor) or references.shape != images.shape:
+        raise ValueError(f"references must be images shaped like images {tuple(images.shape)}, "
+                         f"got {tuple(getattr(references, 'shape', ()))}")
+    if not isinstance(same, torch.Tensor) or same.shape != (images.shape[0],):
+        raise ValueError(f"same must be a bool tensor of shape ({images.shape[0]},), got "
+                         f"{tuple(getattr(same, 'shape', ()))}")
+
+
+class AdversarialWatermarkAttack:
+    """Craft perturbations that keep a face pair's verification decision until the probe is
+    watermarked, then flip it. Call as `atk(images, references, same)`.
+
+    Args:
+        face_model: a `trustfast.faces.FaceVerifier` (embed(x) differentiable in x, threshold).
+        watermark_encoder: a `trustfast.watermark.WatermarkModel` (its `embed(images, bits)`) or
+            any callable (images, bits) -> watermarked images, differentiable in images.
+        eps: L-inf budget (a float, or a list attacked in one batch as PGD does).
+        steps, alpha: PGD steps and step size (default alpha: eps / 4, at least 2.5 eps / steps).
+        message: "fixed" (one message: `bits` at call time or a seeded random one) or "random"
+            (`num_messages` fresh random messages per step).
+        message_bits: length of the watermark message (taken from the encoder's config when it
+            has one).
+        kappa: hinge margin on the squared distance; stealth_weight: w_s.
+        seed: seeds the random start and the random messages.
+        backend: backend of the fused PGD step.
+    """
+
+    def __init__(self, face_model, watermark_encoder, eps: float | list[float] = 4 / 255,
+                 steps: int = 20, alpha: float | None = None, message: str = "random",
+                 num_messages: int = 4, message_bits: int | None = None, kappa: float = 0.1,
+                 stealth_weight: float = 1.0, seed: int = 0, backend: str | None = None):
+        if not hasattr(face_model, "embed") or not hasattr(face_model, "threshold"):
+            raise TypeError("face_model must be a FaceVerifier-like object with embed(x) and "
+                            f"threshold, got {type(face_model).__name__}")
+        encode = getattr(watermark_encoder, "embed", watermark_encoder)
+        if not callable(encode):
+            raise TypeError("watermark_encoder must be a WatermarkModel or a callable "
+                            "(images, bits) -> images")
+        if message not in MESSAGES:
+            raise ValueError(f"message must be one of {MESSAGES}, got {message!r}")
+        if not isinstance(num_messages, int) or num_messages < 1:
+            raise ValueError(f"num_messages must be an int >= 1, got {num_messages!r}")
+        if message_bits is None:
+            config = getattr(watermark_encoder, "config", None)
+            message_bits = getattr(config, "message_bits", None)
+        if not isinstance(message_bits, int) or message_bits < 1:
+            raise ValueError("message_bits must be an int >= 1 (pass it when the encoder has no "
+                             f"config.message_bits), got {message_bits!r}")
+        if not kappa >= 0 or not stealth_weight >= 0:
+            raise ValueError(f"kappa and stealth_weight must be >= 0, got {kappa}, "
+                             f"{stealth_weight}")
+        eps_list = eps if isinstance(eps, (list, tuple)) else [eps]
+        if alpha is None:
+            alpha = [max(e / 4, 2.5 * e / max(steps, 1)) for e in eps_list]
+            alpha = alpha if isinstance(eps, (list, tuple)) else alpha[0]
+        self.face_model, self.watermark = face_model, watermark_encoder
+        self.eps, self.steps, self.alpha = eps, steps, alpha
+        self.message, self.num_messages, self.message_bits = message, num_messages, message_bits
+        self.kappa, self.stealth_weight, self.seed, self.backend = (kappa, stealth_weight, seed,
+                                                                    backend)
+
+    def objective(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss from embeddings (N, 1 + M, D) and labels (N, D + 1) = [reference
+        embedding, y]."""
+        ref, y = labels[:, :-1], labels[:, -1]
+        d = (outputs - ref.unsqueeze(1)).pow(2).sum(-1)  # (N, 1 + M)
+        margin = y.unsqueeze(1) * (self.face_model.threshold - d)
+        stealth = torch.relu(self.kappa - margin[:, 0])
+        activation = torch.relu(self.kappa + margin[:, 1:]).mean(1)
+        return self.stealth_weight * stealth + activation
+
+    def _pgd(self, fixed: torch.Tensor | None) -> PGD:
+        model = _Watermarked(self.face_model, self.watermark, self.message_bits, self.message,
+                             self.num_messages, fixed, self.seed)
+        return PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, loss=self.objective,
+                   targeted=True, seed=self.seed, backend=self.backend)
+
+    def __call__(self, images: torch.Tensor, references: torch.Tensor, same: torch.Tensor,
+                 bits: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial probes shaped like `images` ((len(eps), ...) for a list of eps)."""
+        _check_references(images, references, same)
+        fixed = None
+        if self.message == "fixed":
+            if bits is None:
+                gen = torch.Generator().manual_seed(self.seed)
+                bits = torch.randint(0, 2, (self.message_bits,), generator=gen).float()
+            bits = torch.as_tensor(bits, dtype=torch.float32)
+            if bits.shape[-1] != self.message_bits or bits.dim() > 2 or \
+                    not bool(((bits == 0) | (bits == 1)).all()):
+                raise ValueError(f"bits must hold {self.message_bits} values in {{0, 1}} (one "
+                                 f"message, or one per image), got shape {tuple(bits.shape)}")
+            fixed = bits.reshape(1, -1, self.message_bits)
+            if fixed.shape[1] not in (1, images.shape[0]):
+                raise ValueError(f"bits must be one message or {images.shape[0]} messages")
+        elif bits is not None:
+            raise ValueError("bits is only used with message='fixed'")
+        with torch.no_grad():
+            ref = self.face_model.embed(references)
+        labels = torch.cat([ref, same.to(ref).unsqueeze(1) * 2 - 1], dim=1)
+        pgd = self._pgd(fixed)
+        if fixed is not None and fixed.shape[1] > 1:
+            # per-image messages follow their image through PGD's tiling of eps values
+            pgd.model.fixed = fixed.repeat(1, len(pgd.eps_list) * pgd.restarts, 1)
+        return pgd(images, labels)

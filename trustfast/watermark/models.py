@@ -1,0 +1,208 @@
+"""HiDDeN's encoder, decoder and discriminator (Zhu et al., "HiDDeN: Hiding Data With Deep
+Networks", ECCV 2018), for images in [0, 1], NCHW, and messages of bits in {0, 1}, and
+`WatermarkModel`, the encoder/decoder pair behind a validating API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from trustfast.checkpoint import load_checkpoint, save_checkpoint
+from trustfast.utils import eval_mode
+
+_CHECKPOINT_NAME = "watermark_model"
+
+
+@dataclass
+class HiddenConfig:
+    """Network sizes; the defaults are HiDDeN's (30 bits, 64 channels, 4/7/3 blocks)."""
+
+    message_bits: int = 30  # L, bits carried per image
+    channels: int = 64  # width of every conv-BN-ReLU block
+    encoder_blocks: int = 4  # conv-BN-ReLU blocks on the cover before the message joins
+    decoder_blocks: int = 7  # conv-BN-ReLU blocks before the conv to L channels
+    image_channels: int = 3  # 3 for RGB, 1 for gray
+    discriminator_blocks: int = 3  # conv-BN-ReLU blocks of the adversary
+    use_discriminator: bool = False  # train an adversary against the encoder (HiDDeN's GAN term)
+    residual_scale: float = 1.0  # encoded = clamp(cover + residual_scale * encoder output, 0, 1)
+
+    def validate(self) -> HiddenConfig:
+        for name in ("message_bits", "channels", "encoder_blocks", "decoder_blocks",
+                     "image_channels", "discriminator_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.use_discriminator, bool):
+            raise ValueError(f"use_discriminator must be a bool, got {self.use_discriminator!r}")
+        scale = self.residual_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"residual_scale must be a number > 0, got {scale!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+def _stack(c_in: int, channels: int, blocks: int) -> nn.Sequential:
+    return nn.Sequential(*[_conv_bn_relu(c_in if i == 0 else channels, channels)
+                           for i in range(blocks)])
+
+
+class Encoder(nn.Module):
+    """HiDDeN's encoder: conv-BN-ReLU features of the cover, concatenated with the message
+    (bits mapped to +-1 and repeated over H x W) and the cover itself, one more conv-BN-ReLU,
+    then a 1x1 conv to the image channels.
+
+    Unlike HiDDeN, which outputs the encoded image directly, the 1x1 conv predicts a residual:
+    encoded = clamp(cover + residual_scale * residual, 0, 1), and that conv starts at zero, so
+    the encoded image starts as the cover (infinite PSNR) and training only has to learn the
+    watermark, not to reproduce the cover first.
+    """
+
+    def __init__(self, cfg: HiddenConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.features = _stack(cfg.image_channels, cfg.channels, cfg.encoder_blocks)
+        self.after_concat = _conv_bn_relu(cfg.channels + cfg.message_bits + cfg.image_channels,
+                                          cfg.channels)
+        self.to_image = nn.Conv2d(cfg.channels, cfg.image_channels, 1)
+        nn.init.zeros_(self.to_image.weight)
+        nn.init.zeros_(self.to_image.bias)
+
+    def residual(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw output: what is added (times residual_scale) to the cover."""
+        n, _, h, w = images.shape
+        message = (2.0 * bits.to(images.dtype) - 1.0).view(n, -1, 1, 1).expand(-1, -1, h, w)
+        x = torch.cat([self.features(images), message, images], dim=1)
+        return self.to_image(self.after_concat(x))
+
+    def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        out = images + self.cfg.residual_scale * self.residual(images, bits)
+        return out.clamp(0.0, 1.0)
+
+
+class Decoder(nn.Module):
+    """HiDDeN's decoder: conv-BN-ReLU blocks, a conv-BN-ReLU to L channels, global average
+    pooling and Linear(L, L) to one logit per bit (bit = logit > 0). Any image size works."""
+
+    def __init__(self, cfg: HiddenConfig):
+        super().__init__()
+        cfg.validate()
+        self.features = nn.Sequential(
+            _stack(cfg.image_channels, cfg.channels, cfg.decoder_blocks),
+            _conv_bn_relu(cfg.channels, cfg.message_bits),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.linear = nn.Linear(cfg.message_bits, cfg.message_bits)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(images))
+
+
+class Discriminator(nn.Module):
+    """HiDDeN's adversary: conv-BN-ReLU blocks, global average pooling and Linear(C, 1): one
+    logit per image, > 0 for 'encoded', < 0 for 'cover'."""
+
+    def __init__(self, cfg: HiddenConfig):
+        super().__init__()
+        cfg.validate()
+        self.features = nn.Sequential(
+            _stack(cfg.image_channels, cfg.channels, cfg.discriminator_blocks),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.linear = nn.Linear(cfg.channels, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(images)).squeeze(1)
+
+
+
+def check_images(images: torch.Tensor, channels: int, name: str = "images") -> None:
+    """ValueError unless `images` is a 4-D float NCHW tensor in [0, 1] with `channels`."""
+    if not torch.is_tensor(images):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"{name} must be a 4-D float NCHW tensor, got {images.dtype} of shape "
+                         f"{tuple(images.shape)}")
+    if images.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (HiddenConfig.image_channels), "
+                         f"got shape {tuple(images.shape)}")
+    if images.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one image, got shape {tuple(images.shape)}")
+    if not bool(((images >= 0) & (images <= 1)).all()):
+        lo, hi = float(images.min()), float(images.max())
+        raise ValueError(f"{name} must lie in [0, 1] (no NaN), got values in [{lo}, {hi}]")
+
+
+def check_bits(bits: torch.Tensor, n: int, message_bits: int, name: str = "bits") -> None:
+    """ValueError unless `bits` is an (n, message_bits) tensor of 0s and 1s."""
+    if not torch.is_tensor(bits):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(bits).__name__}")
+    if tuple(bits.shape) != (n, message_bits):
+        raise ValueError(f"{name} must have shape ({n}, {message_bits}) (images, "
+                         f"HiddenConfig.message_bits), got {tuple(bits.shape)}")
+    if bits.is_complex() or not bool(((bits == 0) | (bits == 1)).all()):
+        raise ValueError(f"{name} must hold only 0 and 1")
+
+
+class WatermarkModel(nn.Module):
+    """HiDDeN (Zhu et al., ECCV 2018): `embed(images, bits)` hides `message_bits` bits in each
+    image, `decode(images)` reads them back (bit = logit > 0). Both run the networks in eval
+    mode (BatchNorm running statistics) and keep autograd on, so attacks can differentiate
+    through them; wrap calls in `torch.no_grad()` when no gradient is needed."""
+
+    def __init__(self, config: HiddenConfig | None = None):
+        super().__init__()
+        self.config = (config or HiddenConfig()).validate()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+        self.discriminator = Discriminator(self.config) if self.config.use_discriminator else None
+
+    def forward(self, images: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """(encoded images, decoder logits on them), in the modules' current mode."""
+        encoded = self.encoder(images, bits)
+        return encoded, self.decoder(encoded)
+
+    def embed(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        """Watermarked images (N, C, H, W) in [0, 1] carrying `bits` (N, message_bits) of 0/1."""
+        check_images(images, self.config.image_channels)
+        check_bits(bits, images.shape[0], self.config.message_bits)
+        with eval_mode(self):
+            return self.encoder(images, bits)
+
+    def decode_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, message_bits) logits, > 0 for a 1 bit; any image size."""
+        check_images(images, self.config.image_channels)
+        with eval_mode(self):
+            return self.decoder(images)
+
+    def decode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, message_bits) decoded bits as 0.0 / 1.0 in the images' dtype."""
+        return (self.decode_logits(images) > 0).to(images.dtype)
+
+    def save(self, path: str) -> None:
+        """Write the weights (safetensors) and the HiddenConfig (JSON) into the folder `path`."""
+        save_checkpoint(path, _CHECKPOINT_NAME, self.state_dict(),
+                        {"hidden_config": self.config.to_dict()})
+
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> WatermarkModel:
+        """The model saved by `save(path)`."""
+        done = load_checkpoint(path, _CHECKPOINT_NAME)
+        if done is None:
+            raise ValueError(f"path {path!r} holds no saved WatermarkModel")
+        tensors, state = done
+        model = cls(HiddenConfig(**state["hidden_config"]))
+        model.load_state_dict(tensors)
+        return model.to(map_location)
