@@ -78,3 +78,27 @@ def load_config(cls, path: str):
     if unknown:
         raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
     return cls(**data)
+
+
+def optimizer_to_checkpoint(opt, tensors: dict[str, torch.Tensor], prefix: str = "opt") -> dict:
+    """An optimizer's state dict for `save_checkpoint`: its tensors go into `tensors` as
+    `{prefix}.{param index}.{key}`, and the JSON part (returned) marks them "tensor"."""
+    state = opt.state_dict()
+    state_json: dict[str, dict] = {}
+    for i, s in state["state"].items():
+        state_json[str(i)] = {}
+        for k, v in s.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{i}.{k}"] = v
+                state_json[str(i)][k] = "tensor"
+            else:
+                state_json[str(i)][k] = v
+    return {"state": state_json, "param_groups": state["param_groups"]}
+
+
+def optimizer_from_checkpoint(opt, saved: dict, tensors: dict[str, torch.Tensor],
+                              prefix: str = "opt") -> None:
+    """Load what `optimizer_to_checkpoint` wrote back into `opt`."""
+    state = {int(i): {k: tensors[f"{prefix}.{i}.{k}"] if v == "tensor" else v
+                      for k, v in s.items()} for i, s in saved["state"].items()}
+    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})

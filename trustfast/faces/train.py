@@ -22,7 +22,12 @@ from torch.nn import functional as fn
 from tqdm.auto import tqdm
 
 from trustfast import TrustfastWarning
-from trustfast.checkpoint import load_checkpoint, save_checkpoint
+from trustfast.checkpoint import (
+    load_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    save_checkpoint,
+)
 from trustfast.faces.models import HEADS, IResNet, iresnet
 
 _CHECKPOINT = "face_model"
@@ -255,25 +260,12 @@ def _save(folder: str, model: nn.Module, head: nn.Module, opt: torch.optim.Optim
           state: dict) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"head.{k}": v for k, v in head.state_dict().items()}
-    opt_state = opt.state_dict()
-    opt_json: dict[str, dict] = {}
-    for i, s in opt_state["state"].items():
-        opt_json[str(i)] = {}
-        for k, v in s.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{i}.{k}"] = v
-                opt_json[str(i)][k] = "tensor"
-            else:
-                opt_json[str(i)][k] = v
-    save_checkpoint(folder, _CHECKPOINT, tensors, state | {
-        "optimizer": {"state": opt_json, "param_groups": opt_state["param_groups"]}})
+    save_checkpoint(folder, _CHECKPOINT, tensors,
+                    state | {"optimizer": optimizer_to_checkpoint(opt, tensors)})
 
 
 def _load(tensors: dict, state: dict, model: nn.Module, head: nn.Module,
           opt: torch.optim.Optimizer) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
-    saved = state["optimizer"]
-    opt.load_state_dict({"param_groups": saved["param_groups"], "state": {
-        int(i): {k: tensors[f"opt.{i}.{k}"] if v == "tensor" else v for k, v in s.items()}
-        for i, s in saved["state"].items()}})
+    optimizer_from_checkpoint(opt, state["optimizer"], tensors)

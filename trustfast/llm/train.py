@@ -17,7 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.checkpoint import load_checkpoint, save_checkpoint
+from trustfast.checkpoint import (
+    load_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    save_checkpoint,
+)
 from trustfast.llm.losses import (
     NEEDS_REFERENCE,
     NEEDS_REFERENCE_MODEL,
@@ -280,9 +285,7 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
             tensors, state = done
             check_resumable(state["config"], state["epoch"], config, checkpoint_dir)
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            opt.load_state_dict(state["optimizer"] | {"state": {
-                int(i): {k: tensors[f"opt.{i}.{k}"] if isinstance(v, str) else v
-                         for k, v in s.items()} for i, s in state["optimizer"]["state"].items()}})
+            optimizer_from_checkpoint(opt, state["optimizer"], tensors)
             start_epoch, history = state["epoch"], state["history"]
     gas = config.grad_accum_steps
 
@@ -307,19 +310,9 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
 
 def _save(folder, model, opt, config, epoch, history) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_state = opt.state_dict()
-    state_json = {}
-    for i, s in opt_state["state"].items():
-        state_json[str(i)] = {}
-        for k, v in s.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{i}.{k}"] = v
-                state_json[str(i)][k] = "tensor"
-            else:
-                state_json[str(i)][k] = v
     save_checkpoint(folder, "unlearn", tensors, {
         "config": asdict(config), "epoch": epoch, "history": history,
-        "optimizer": {"state": state_json, "param_groups": opt_state["param_groups"]}})
+        "optimizer": optimizer_to_checkpoint(opt, tensors)})
 
 
 def main(argv: list[str] | None = None) -> None:

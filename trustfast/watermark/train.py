@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.checkpoint import load_checkpoint, save_checkpoint
+from trustfast.checkpoint import (
+    load_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    save_checkpoint,
+)
 from trustfast.watermark.models import HiddenConfig, WatermarkModel, check_images
 from trustfast.watermark.noise import make_noise
 
@@ -89,36 +94,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _optimizer_to_checkpoint(prefix: str, opt: torch.optim.Optimizer,
-                             tensors: dict[str, torch.Tensor]) -> dict:
-    state = opt.state_dict()
-    state_json = {}
-    for i, s in state["state"].items():
-        state_json[str(i)] = {}
-        for k, v in s.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{i}.{k}"] = v
-                state_json[str(i)][k] = "tensor"
-            else:
-                state_json[str(i)][k] = v
-    return {"state": state_json, "param_groups": state["param_groups"]}
-
-
-def _optimizer_from_checkpoint(prefix: str, opt: torch.optim.Optimizer, saved: dict,
-                               tensors: dict[str, torch.Tensor]) -> None:
-    state = {int(i): {k: tensors[f"{prefix}.{i}.{k}"] if v == "tensor" else v
-                      for k, v in s.items()} for i, s in saved["state"].items()}
-    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-
-
 def _save(folder: str, model: WatermarkModel, opt, d_opt, cfg, epoch: int, history) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     state = {
         "config": asdict(cfg), "hidden_config": model.config.to_dict(), "epoch": epoch,
-        "history": history, "optimizer": _optimizer_to_checkpoint("opt", opt, tensors),
+        "history": history, "optimizer": optimizer_to_checkpoint(opt, tensors, "opt"),
     }
     if d_opt is not None:
-        state["discriminator_optimizer"] = _optimizer_to_checkpoint("dopt", d_opt, tensors)
+        state["discriminator_optimizer"] = optimizer_to_checkpoint(d_opt, tensors, "dopt")
     save_checkpoint(folder, _CHECKPOINT_NAME, tensors, state)
 
 
@@ -134,9 +117,9 @@ def _load(folder: str, model: WatermarkModel, opt, d_opt, cfg) -> tuple[int, lis
         raise ValueError(f"checkpoint_dir {folder!r} holds a run with another config: "
                          f"{state['config']} / {state['hidden_config']}")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    _optimizer_from_checkpoint("opt", opt, state["optimizer"], tensors)
+    optimizer_from_checkpoint(opt, state["optimizer"], tensors, "opt")
     if d_opt is not None:
-        _optimizer_from_checkpoint("dopt", d_opt, state["discriminator_optimizer"], tensors)
+        optimizer_from_checkpoint(d_opt, state["discriminator_optimizer"], tensors, "dopt")
     return state["epoch"], state["history"]
 
 
