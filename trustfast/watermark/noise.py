@@ -56,6 +56,16 @@ def _side(size: int, area_ratio: float) -> int:
     return min(size, max(1, round(size * math.sqrt(area_ratio))))
 
 
+def _random_boxes(images: torch.Tensor, area_ratio: float, generator):
+    """(height, width, top (n,), left (n,)) of one rectangle per image holding `area_ratio` of
+    its area (each side scaled by sqrt(area_ratio)), at a uniform random position."""
+    n, _, h, w = images.shape
+    ch, cw = _side(h, area_ratio), _side(w, area_ratio)
+    top = _randint(h - ch + 1, (n,), generator).to(images.device)
+    left = _randint(w - cw + 1, (n,), generator).to(images.device)
+    return ch, cw, top, left
+
+
 def _check_ratio(name: str, value: float, low_open: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
         (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0))
@@ -122,9 +132,7 @@ class Cropout(NoiseLayer):
     def forward(self, encoded, cover, generator=None):
         _check_pair(encoded, cover)
         n, _, h, w = encoded.shape
-        ch, cw = _side(h, self.area_ratio), _side(w, self.area_ratio)
-        top = _randint(h - ch + 1, (n,), generator).to(encoded.device)
-        left = _randint(w - cw + 1, (n,), generator).to(encoded.device)
+        ch, cw, top, left = _random_boxes(encoded, self.area_ratio, generator)
         rows = torch.arange(h, device=encoded.device)
         cols = torch.arange(w, device=encoded.device)
         in_rows = (rows >= top[:, None]) & (rows < top[:, None] + ch)  # (n, h)
@@ -148,10 +156,8 @@ class Crop(NoiseLayer):
 
     def forward(self, encoded, cover, generator=None):
         _check_pair(encoded, cover)
-        n, _, h, w = encoded.shape
-        ch, cw = _side(h, self.area_ratio), _side(w, self.area_ratio)
-        top = _randint(h - ch + 1, (n,), generator).to(encoded.device)
-        left = _randint(w - cw + 1, (n,), generator).to(encoded.device)
+        n = encoded.shape[0]
+        ch, cw, top, left = _random_boxes(encoded, self.area_ratio, generator)
         rows = top[:, None] + torch.arange(ch, device=encoded.device)  # (n, ch)
         cols = left[:, None] + torch.arange(cw, device=encoded.device)  # (n, cw)
         batch = torch.arange(n, device=encoded.device)[:, None, None]

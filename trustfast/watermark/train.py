@@ -128,6 +128,17 @@ def _finite_gradients(params: list[nn.Parameter]) -> bool:
     return not grads or bool(torch.isfinite(torch.stack([g.abs().max() for g in grads])).all())
 
 
+def _step(opt, params: list[nn.Parameter], loss: torch.Tensor, what: str) -> bool:
+    """Backward and step; a gradient with NaN/Inf skips the step with a warning (False)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if _finite_gradients(params):
+        opt.step()
+        return True
+    warnings.warn(f"{what} gradient holds NaN/Inf; step skipped", RuntimeWarning, stacklevel=3)
+    return False
+
+
 def train_watermark(images: torch.Tensor, cfg: WatermarkTrainConfig | None = None,
                     hidden_cfg: HiddenConfig | None = None, checkpoint_dir: str | None = None,
                     resume: bool = False, progress: bool = True,
@@ -199,14 +210,8 @@ def train_watermark(images: torch.Tensor, cfg: WatermarkTrainConfig | None = Non
                 d_logits = torch.cat([disc(cover), disc(encoded.detach())])
                 d_labels = torch.cat([torch.zeros(b), torch.ones(b)]).to(d_logits)
                 d_loss = F.binary_cross_entropy_with_logits(d_logits, d_labels)
-                d_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                if _finite_gradients(d_params):
-                    d_opt.step()
-                else:
-                    skipped += 1
-                    warnings.warn(f"epoch {epoch + 1}: NaN/Inf in the discriminator's gradient;"
-                                  " step skipped", RuntimeWarning, stacklevel=2)
+                skipped += not _step(d_opt, d_params, d_loss,
+                                     f"epoch {epoch + 1}: the discriminator's")
                 sums["discriminator_loss"] += float(d_loss.detach()) * b
 
             noised = noise(encoded, cover, gen)
@@ -219,14 +224,7 @@ def train_watermark(images: torch.Tensor, cfg: WatermarkTrainConfig | None = Non
                     disc(encoded), torch.zeros(b, dtype=encoded.dtype, device=device))
                 loss = loss + cfg.adversarial_weight * adversarial
                 sums["adversarial"] += float(adversarial.detach()) * b
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if _finite_gradients(params):
-                opt.step()
-            else:
-                skipped += 1
-                warnings.warn(f"epoch {epoch + 1}: NaN/Inf in the encoder/decoder gradient; "
-                              "step skipped", RuntimeWarning, stacklevel=2)
+            skipped += not _step(opt, params, loss, f"epoch {epoch + 1}: the encoder/decoder")
             with torch.no_grad():
                 per_image_mse = (encoded - cover).double().pow(2).flatten(1).mean(1)
                 sums["psnr"] += float((-10.0 * torch.log10(per_image_mse.clamp_min(1e-20)))
