@@ -186,10 +186,41 @@ def test_crop_returns_smaller_window_and_decoder_reads_any_size():
         windows = encoded[i].unfold(1, 16, 1).unfold(2, 16, 1)  # (C, 17, 17, 16, 16)
         match = (windows == out[i][:, None, None]).flatten(3).all(-1).all(0)
         assert match.any()
-    cfg = wm.HiddenConfig(message_bits=7, channels=8, decoder_blocks=2)
+    cfg = wm.HiddenConfig(message_bits=7, channels=8, decoder_blocks=2, message_tile=0)
     decoder = wm.Decoder(cfg).eval()  # eval: a 1x1 image is fine for BatchNorm
     for shape in ((3, 3, 16, 16), (2, 3, 9, 23), (1, 3, 1, 1)):
         assert decoder(torch.rand(shape)).shape == (shape[0], 7)
+    tiled = wm.WatermarkModel(wm.HiddenConfig(message_bits=7, channels=8, decoder_blocks=2))
+    for shape in ((3, 3, 16, 16), (2, 3, 9, 23), (1, 3, 8, 8)):  # at least one 8x8 tile
+        assert tiled.decode_logits(torch.rand(shape)).shape == (shape[0], 7)
+    with pytest.raises(ValueError, match="message_tile = 8"):
+        tiled.decode_logits(torch.rand(1, 3, 7, 30))
+
+
+def test_tiled_message_map_repeats_its_tile_and_decoder_ignores_flat_offsets():
+    torch.manual_seed(0)
+    model = wm.WatermarkModel(wm.HiddenConfig(message_bits=5, channels=8, encoder_blocks=1,
+                                              decoder_blocks=2, message_tile=4))
+    bits = torch.randint(0, 2, (2, 5)).float()
+    m = model.encoder.message_map(bits, 10, 13)
+    assert m.shape == (2, 5, 10, 13)
+    torch.testing.assert_close(m[:, :, 4:8, 4:8], m[:, :, :4, :4], rtol=0, atol=0)
+    torch.testing.assert_close(m[:, :, :, 8:12], m[:, :, :, :4], rtol=0, atol=0)
+    torch.testing.assert_close(m[:, :, 8:, 12:], m[:, :, :2, :1], rtol=0, atol=0)
+    assert not torch.equal(m[0, :, 0, 0], m[0, :, 0, 1])  # position-dependent within a tile
+    assert not torch.equal(m[0], m[1]) or torch.equal(bits[0], bits[1])
+    # HiDDeN's layout: the +-1 bits, the same at every pixel
+    flat = wm.Encoder(wm.HiddenConfig(message_bits=5, channels=8, message_tile=0))
+    torch.testing.assert_close(flat.message_map(bits, 3, 4),
+                               (2 * bits - 1)[:, :, None, None].expand(2, 5, 3, 4))
+    # the tiled decoder reads x - its 3x3 box mean: a flat brightness change is invisible
+    x = torch.rand(3, 3, 12, 16, dtype=torch.float64) * 0.8
+    decoder = model.decoder.double().eval()
+    torch.testing.assert_close(decoder(x + 0.15), decoder(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="message_tile"):
+        wm.HiddenConfig(message_tile=-1).validate()
+    with pytest.raises(ValueError, match="decoder_channels"):
+        wm.HiddenConfig(decoder_channels=0).validate()
 
 
 def test_resize_and_blur_known_answers():
@@ -497,13 +528,12 @@ def test_training_through_a_noise_layer_lowers_the_message_loss(noise, one_intra
 
 # The paper's claim at small scale: without noise, HiDDeN hides a 30-bit message in a cover at
 # PSNR >= 30 dB, and the decoder reads it back on held-out covers with fresh messages. The
-# budget (about 90 s on one busy CPU thread) buys ~1,300 steps of batch 16 for a 16-channel
-# network; HiDDeN needs tens of thousands of steps to reach ~100% bit accuracy (its paper trains
-# 10,000 COCO images for hundreds of epochs), so here the decoder is well above chance but far
-# from perfect. Measured (held-out, 360 covers x 30 bits): bit accuracy 0.622, PSNR 32.2 dB,
-# SSIM 0.968, 86 s.
-SLOW_HIDDEN = {"channels": 16, "encoder_blocks": 3, "decoder_blocks": 4}
-SLOW_TRAIN = {"epochs": 14, "batch_size": 16, "lr": 3e-3, "image_weight": 6.0,
+# budget is about 60 s on one CPU thread (900 steps of batch 16). The tiled message layout
+# (message_tile 8, a 64-wide decoder of one block) gets there; HiDDeN's own layout (the message
+# repeated over H x W, 7 decoder blocks) reached 0.62 at 32.2 dB in 90 s with the same budget.
+SLOW_HIDDEN = {"channels": 16, "encoder_blocks": 3, "decoder_blocks": 1,
+               "decoder_channels": 64}
+SLOW_TRAIN = {"epochs": 10, "batch_size": 16, "lr": 3e-3, "image_weight": 1.0,
               "image_weight_warmup_epochs": 6}
 
 
@@ -536,19 +566,10 @@ def no_noise_run():
 
 @pytest.mark.slow
 def test_no_noise_hidden_carries_30_bits_at_psnr_30(no_noise_run):
-    """Measured: bit accuracy 0.622 at PSNR 32.2 dB, SSIM 0.968 (14 epochs, ~90 s)."""
+    """The issue's bar: bit accuracy >= 0.95 at 30 bits and PSNR >= 30 dB, on held-out covers
+    with fresh messages. Measured: 0.988 at 31.9 dB, SSIM 0.962 (51 s)."""
     history, accuracy, quality, similarity = no_noise_run
-    assert history[-1]["message_loss"] < history[0]["message_loss"] - 0.05
-    # 10,800 held-out bits: chance is 0.5 +- 0.005, so 0.58 is 16 standard deviations above it
-    assert accuracy >= 0.58, accuracy
+    assert history[-1]["message_loss"] < history[0]["message_loss"] - 0.3
+    assert accuracy >= 0.95, accuracy
     assert quality >= 30.0, quality
-    assert similarity >= 0.95, similarity
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the issue's bar, bit accuracy >= 0.95 at 30 bits and "
-                   "PSNR >= 30 dB, needs far more training than a CPU test affords (HiDDeN "
-                   "trains for hundreds of epochs); measured 0.622 at 32.2 dB")
-def test_no_noise_hidden_reaches_95_percent_bits(no_noise_run):
-    _, accuracy, quality, _ = no_noise_run
-    assert accuracy >= 0.95 and quality >= 30.0, (accuracy, quality)
+    assert similarity >= 0.94, similarity

@@ -75,7 +75,7 @@ def test_objective_matches_the_hinge_formula():
 def test_batched_messages_equal_the_per_message_loop(message, one_intra_op_thread):
     verifier, enc, a, b, same = _setup(n=5)
     atk = AdversarialWatermarkAttack(verifier, enc, eps=4 / 255, steps=4, message=message,
-                                     message_bits=BITS, num_messages=3, seed=7)
+                                     message_bits=BITS, num_messages=3, track_best=False, seed=7)
     batched = atk(a, b, same)
     looped = loop_attack(atk, a, b, same)
     # same objective, messages and start: equal up to sign flips of gradients that round to ~0
@@ -116,8 +116,8 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="bits"):
         atk(a, b, same, bits=torch.ones(BITS + 1))
     with pytest.raises(ValueError, match="bits"):
-        AdversarialWatermarkAttack(verifier, enc, message_bits=BITS)(a, b, same,
-                                                                      bits=torch.ones(BITS))
+        AdversarialWatermarkAttack(verifier, enc, message_bits=BITS, message="random")(
+            a, b, same, bits=torch.ones(BITS))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -138,3 +138,28 @@ def test_config_file_rejects_unknown_keys(tmp_path):
     path.write_text("epz: [0.01]\n")
     with pytest.raises(ValueError, match="unknown config keys"):
         WatermarkAttackConfig.from_file(str(path))
+
+
+def test_track_best_returns_each_probes_lowest_loss_iterate():
+    """With a fixed message the objective is deterministic: the tracked iterate's loss is at most
+    the last iterate's, probe by probe, and below it for some probe (the fixed step overshoots)."""
+    verifier, enc, a, b, same = _setup(n=8)
+    bits = torch.randint(0, 2, (BITS,), generator=torch.Generator().manual_seed(0)).float()
+    with torch.no_grad():
+        ref = verifier.embed(b)
+    labels = torch.cat([ref, (same.float() * 2 - 1)[:, None]], 1)
+
+    def loss(atk, x):
+        with torch.no_grad():
+            emb = torch.stack([verifier.embed(x), verifier.embed(enc(x, bits.expand(8, BITS))
+                                                               .clamp(0, 1))], 1)
+            return atk.objective(emb, labels)
+
+    kwargs = dict(eps=16 / 255, steps=8, alpha=8 / 255, message="fixed", message_bits=BITS,
+                  kappa=0.05, seed=0)
+    best_atk = AdversarialWatermarkAttack(verifier, enc, track_best=True, **kwargs)
+    last_atk = AdversarialWatermarkAttack(verifier, enc, track_best=False, **kwargs)
+    best, last = loss(best_atk, best_atk(a, b, same, bits=bits)), \
+        loss(last_atk, last_atk(a, b, same, bits=bits))
+    assert bool((best <= last + 1e-6).all()), (best, last)
+    assert bool((best < last - 1e-4).any()), (best, last)

@@ -1,7 +1,18 @@
 """The adversarial watermarking attack end to end on built-in faces (fixed seeds): the four-cell
 table of the issue. A trained face model verifies unseen identities; watermarking alone and the
 perturbation alone cost little; perturbation + watermark breaks verification, more at 4/255
-than at 2/255."""
+than at 2/255, and at 4/255 more than halves the genuine pairs that still match.
+
+Measured (one thread, the defaults: fixed messages known to the attacker, 20 steps):
+| eps | watermark | perturbation | verification accuracy | matching accuracy | bit accuracy |
+|---|---|---|---:|---:|---:|
+| - | no | no | 0.965 | 0.935 | - |
+| - | yes | no | 0.955 | 0.903 | 0.919 |
+| 2/255 | no | yes | 0.985 | 0.978 | - |
+| 2/255 | yes | yes | 0.795 | 0.602 | 0.918 |
+| 4/255 | no | yes | 0.965 | 0.957 | - |
+| 4/255 | yes | yes | 0.675 | 0.409 | 0.917 |
+"""
 
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ def test_four_cells(table):
     marked = cell[(0.0, True, False)]
     assert clean >= 0.9, rows
     assert marked["verification_accuracy"] >= clean - 0.05, rows  # watermark alone: <= 5 points
-    assert marked["bit_accuracy"] > 0.52, rows  # above chance (0.5 +- 0.003 on 6,000 bits)
+    assert marked["bit_accuracy"] >= 0.9, rows  # measured 0.919 on 6,000 bits
     eps = sorted({e for e, _, p in cell if p})
     assert [round(e * 255) for e in eps] == [2, 4]
     attacked = []
@@ -45,7 +56,7 @@ def test_four_cells(table):
         attacked.append(both["verification_accuracy"])
     # activated by the watermark: a drop that grows with eps
     assert attacked[1] < attacked[0] < marked["verification_accuracy"], rows
-    assert attacked[1] <= clean - 0.1, rows
+    assert attacked[1] <= clean - 0.2, rows
     for name in ("results.json", "results.md", "watermark_attack.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     saved = json.load(open(os.path.join(out, "results.json")))
@@ -62,10 +73,22 @@ def test_resume_reuses_the_finished_run(table):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the issue's target, a >= 50 % relative drop at 4/255, "
-                   "is not reached: the CPU-trained watermark (bit accuracy ~0.55) barely "
-                   "changes the image, so watermarking amplifies the perturbation only a little")
-def test_attack_halves_accuracy_at_4_255(table):
+def test_attack_halves_matching_at_4_255(table):
+    """The issue's target, a >= 50 % relative drop at 4/255, on the genuine pairs: the share of
+    watermarked probes that still match their own identity."""
+    rows, _ = table
+    cell = {(r["eps"], r["watermark"], r["perturbation"]): r for r in rows}
+    clean = cell[(0.0, False, False)]["matching_accuracy"]
+    assert cell[(4 / 255, False, True)]["matching_accuracy"] >= clean - 0.05, rows  # stealthy
+    assert cell[(4 / 255, True, True)]["matching_accuracy"] <= 0.5 * clean, rows
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a >= 50 % relative drop of verification accuracy over "
+                   "all pairs (half impostors) at 4/255 is not reached: the watermark almost "
+                   "never pulls an impostor probe within the threshold, so impostor pairs stay "
+                   "rejected; measured 0.965 -> 0.675 (30 %), while genuine pairs fall 0.935 -> 0.409")
+def test_attack_halves_accuracy_over_all_pairs_at_4_255(table):
     rows, _ = table
     cell = {(r["eps"], r["watermark"], r["perturbation"]): r for r in rows}
     clean = cell[(0.0, False, False)]["verification_accuracy"]

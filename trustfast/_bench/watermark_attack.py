@@ -16,7 +16,8 @@ from trustfast.attacks.watermark_attack import AdversarialWatermarkAttack
 
 def loop_attack(attack: AdversarialWatermarkAttack, images: torch.Tensor,
                 references: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """One eps, message='random' or a single fixed message; L-inf PGD with a random start."""
+    """One eps, message='random' or a single fixed message; L-inf PGD with a random start,
+    returning the last iterate (as the attack does with track_best=False)."""
     if isinstance(attack.eps, (list, tuple)):
         raise ValueError("loop_attack takes a single eps")
     verifier = attack.face_model
@@ -72,7 +73,8 @@ def setup(faces: int, steps: int, messages: int, device: str = "cpu", seed: int 
     x, y = synthetic_faces(64, 8, size=32, seed=seed)
     a, b, same = face_pairs(y, faces, seed=seed)
     attack = AdversarialWatermarkAttack(verifier, watermark, eps=4 / 255, steps=steps,
-                                        message="random", num_messages=messages, seed=seed)
+                                        message="random", num_messages=messages,
+                                        track_best=False, seed=seed)
     return attack, x[a].to(device), x[b].to(device), same.to(device)
 
 

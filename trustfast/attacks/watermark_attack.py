@@ -75,20 +75,27 @@ class AdversarialWatermarkAttack:
         watermark_encoder: a `trustfast.watermark.WatermarkModel` (its `embed(images, bits)`) or
             any callable (images, bits) -> watermarked images, differentiable in images.
         eps: L-inf budget (a float, or a list attacked in one batch as PGD does).
-        steps, alpha: PGD steps and step size (default alpha: eps / 4, at least 2.5 eps / steps).
+        steps, alpha: PGD steps and step size (default alpha: 2.5 eps / steps, Madry et al.'s
+            rule; eps / 8 at 20 steps, which on the built-in faces left 0.40 of genuine pairs
+            matched at 4/255 where eps / 4 left 0.45).
         message: "fixed" (one message: `bits` at call time or a seeded random one) or "random"
             (`num_messages` fresh random messages per step).
         message_bits: length of the watermark message (taken from the encoder's config when it
             has one).
         kappa: hinge margin on the squared distance; stealth_weight: w_s.
+        track_best: return each probe's lowest-loss iterate over the steps (PGD's track_best),
+            not the last one: the hinge terms pull a probe into a narrow band below the
+            threshold, which a fixed step size can overshoot at the last step.
+        restarts: random starts, run as one batch; each probe keeps its lowest-loss one.
         seed: seeds the random start and the random messages.
         backend: backend of the fused PGD step.
     """
 
     def __init__(self, face_model, watermark_encoder, eps: float | list[float] = 4 / 255,
-                 steps: int = 20, alpha: float | None = None, message: str = "random",
-                 num_messages: int = 4, message_bits: int | None = None, kappa: float = 0.1,
-                 stealth_weight: float = 1.0, seed: int = 0, backend: str | None = None):
+                 steps: int = 20, alpha: float | None = None, message: str = "fixed",
+                 num_messages: int = 4, message_bits: int | None = None, kappa: float = 0.02,
+                 stealth_weight: float = 1.0, track_best: bool = True, restarts: int = 1,
+                 seed: int = 0, backend: str | None = None):
         if not hasattr(face_model, "embed") or not hasattr(face_model, "threshold"):
             raise TypeError("face_model must be a FaceVerifier-like object with embed(x) and "
                             f"threshold, got {type(face_model).__name__}")
@@ -111,13 +118,14 @@ class AdversarialWatermarkAttack:
                              f"{stealth_weight}")
         eps_list = eps if isinstance(eps, (list, tuple)) else [eps]
         if alpha is None:
-            alpha = [max(e / 4, 2.5 * e / max(steps, 1)) for e in eps_list]
+            alpha = [2.5 * e / max(steps, 1) for e in eps_list]
             alpha = alpha if isinstance(eps, (list, tuple)) else alpha[0]
         self.face_model, self.watermark = face_model, watermark_encoder
         self.eps, self.steps, self.alpha = eps, steps, alpha
         self.message, self.num_messages, self.message_bits = message, num_messages, message_bits
         self.kappa, self.stealth_weight, self.seed, self.backend = (kappa, stealth_weight, seed,
                                                                     backend)
+        self.track_best, self.restarts = track_best, restarts
 
     def objective(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-sample loss from embeddings (N, 1 + M, D) and labels (N, D + 1) = [reference
@@ -133,7 +141,9 @@ class AdversarialWatermarkAttack:
         model = _Watermarked(self.face_model, self.watermark, self.message_bits, self.message,
                              self.num_messages, fixed, self.seed)
         return PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, loss=self.objective,
-                   targeted=True, seed=self.seed, backend=self.backend)
+                   targeted=True, track_best=self.track_best, restarts=self.restarts,
+                   seed=self.seed,
+                   backend=self.backend)
 
     def __call__(self, images: torch.Tensor, references: torch.Tensor, same: torch.Tensor,
                  bits: torch.Tensor | None = None) -> torch.Tensor:
