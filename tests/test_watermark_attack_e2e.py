@@ -87,7 +87,8 @@ def test_attack_halves_matching_at_4_255(table):
 @pytest.mark.xfail(strict=True, reason="a >= 50 % relative drop of verification accuracy over "
                    "all pairs (half impostors) at 4/255 is not reached: the watermark almost "
                    "never pulls an impostor probe within the threshold, so impostor pairs stay "
-                   "rejected; measured 0.965 -> 0.675 (30 %), while genuine pairs fall 0.935 -> 0.409")
+                   "rejected; measured 0.965 -> 0.675 (30 %), while genuine pairs fall "
+                   "0.935 -> 0.409")
 def test_attack_halves_accuracy_over_all_pairs_at_4_255(table):
     rows, _ = table
     cell = {(r["eps"], r["watermark"], r["perturbation"]): r for r in rows}
