@@ -1,7 +1,8 @@
 """Builds the optional C++ CPU kernels `trustfast._C` next to the pure-Python package.
 
-Everything else (metadata, dependencies, the `trustfast.kernels` package-dir mapping) lives in
-pyproject.toml. Install with `pip install --no-build-isolation -e .` so the extension compiles
+The packages are found here (every package under trustfast/, plus kernels/ installed as
+`trustfast.kernels` through pyproject's package-dir mapping); everything else (metadata,
+dependencies) lives in pyproject.toml. Install with `pip install --no-build-isolation -e .` so the extension compiles
 against the torch that is already installed. When no C++ compiler works, or TRUSTFAST_NO_EXT=1,
 the install still succeeds without `_C` and every CPU op dispatches to its torch reference.
 """
@@ -10,7 +11,7 @@ import os
 import sys
 import warnings
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules = []
 cmdclass = {}
@@ -50,4 +51,6 @@ if os.environ.get("TRUSTFAST_NO_EXT", "0") != "1":
 
         cmdclass["build_ext"] = OptionalBuildExtension.with_options(use_ninja=True)
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+packages = find_packages(include=["trustfast", "trustfast.*"]) + ["trustfast.kernels"]
+
+setup(packages=packages, ext_modules=ext_modules, cmdclass=cmdclass)

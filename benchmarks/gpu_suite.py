@@ -11,40 +11,38 @@ runs; the JSON is rewritten after every section so a killed run keeps what it me
 sections not started within `--budget-s` are skipped. The exit code is 1 when any check failed or
 any section raised.
 
-A check passes when the Triton kernel's max error against the float64 reference (run on float64
-copies of the same low-precision inputs) is at most twice the error of the torch reference run in
-the kernel's precision, plus a quarter of an ulp at the array's largest value (STYLE.md: "at most
-twice the error of the PyTorch baseline"), and when masked-out weights and optimizer state are
-exactly 0.
+The suite itself is the ceilings plus a loop over the benchmark registry
+(`trustfast._bench.registry.BENCHES`): every bench's `checks` first (a wrong kernel makes its
+timing moot), then every bench's `timings`, then the tuning sections (BLOCK sweeps), all on the
+Triton backend. What each checks and times is documented in its module:
 
-The HVP sections (`trustfast._bench.hvp`: an MLP, a CNN with BatchNorm in eval mode, a
-transformer block) check in float32, TF32 off, that fwd_rev / rev_rev (single and batched) agree
-with `torch.autograd.functional.hvp` to a relative L2 difference of 1e-4 (`hvp_checks`, also run
-by --check), then time every mode against that peer and one gradient (`hvp_timings`). They are
-not captured in CUDA graphs: a capture that fails can leave the CUDA context unusable for the
-sections after it, and the CPU dry run cannot exercise capture, so it would first be tried on a
-loan.
-
-The PGD sections (`trustfast._bench.pgd`) check the Triton `pgd_step` against the torch reference
-in the same precision (`pgd_checks`, also run by --check): L-inf and L2, per-sample eps, with and
-without best-iterate tracking, fp32 / fp16 / bf16. fp32 L-inf must agree to 1 ulp (bit-exactness
-is not promised on a GPU: FMA contraction), fp16 / bf16 to 2 ulps of their dtype (the kernel
-rounds once, torch after each op); L2 also allows 1e-6 x the sample's eps in fp32 (4 ulps at 1 x
-eps in half precision) for norms reduced in another order (`pgd.CHECK_TOLERANCE`). A tracked
-best_adv / best_loss must be bit-identical. Then they time (`pgd_timings`) the
-step against torchattacks' eager update sequence and a copy of its bytes at 256x3x32x32 and
-64x3x224x224 fp32, and ResNet-18 PGD-10 end to end at batch 128, 4 restarts x 3 eps: one
-trustfast.attacks.PGD call vs torchattacks called 12 times plus a best-restart selection (the
-peer row is skipped, with the reason, where torchattacks does not import).
+  - masked_update: every optimizer case in fp32 / fp16 / bf16 through the op, and the launcher at
+    each BLOCK; passes when the kernel's max error against the float64 reference is within
+    `trustfast._bench.judge.bound` of the torch reference's error in the kernel's precision (twice
+    it, plus a quarter of an ulp at the array's largest value) and masked-out weights and
+    optimizer state are exactly 0. Timings at `--sizes` (fp32, and bf16 at the largest) against
+    torch.optim / foreach peers and the copy floor.
+  - hvp: float32, TF32 off, fwd_rev / rev_rev (single and batched) agree with
+    `torch.autograd.functional.hvp` to a relative L2 difference of 1e-4; then every mode timed
+    against that peer and one gradient. Not captured in CUDA graphs: a capture that fails can
+    leave the CUDA context unusable for the sections after it.
+  - pgd: the Triton `pgd_step` against the torch reference in the same precision, elementwise
+    within `pgd.CHECK_TOLERANCE` (1-2 ulps, plus a fraction of eps for L2 norms reduced in another
+    order), tracked best_adv / best_loss bit-identical; the step timed against torchattacks'
+    eager update and a copy of its bytes, and ResNet-18 PGD-10 end to end at batch 128, 4
+    restarts x 3 eps against torchattacks called 12 times (skipped, with the reason, where
+    torchattacks does not import).
+  - attention, sequence_nll: forward, gradients (and attention's JVP) against float64, error
+    <= 2x that of the torch baseline in the same precision (with a floor); timings against SDPA's
+    backends / the logits path, with "% of matmul" (attention) and peak memory.
+  - llm_memory, watermark_attack: end-to-end rows (peak memory of an NPO step vs the memory
+    model; the watermark attack batched vs a per-message loop).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import functools
-import inspect
 import json
 import math
 import os
@@ -61,327 +59,10 @@ import torch
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES, SMALL_SIZES = "1e7,5e7", "1e4"
-BLOCKS = (1024, 2048, 4096, 8192)
-# Real shapes: sizes that are not multiples of any BLOCK, a scalar-like 1, a 3M tail tensor
-# (~6.4M elements in all); --small keeps the oddness at a few thousand elements.
-CHECK_SHAPES = [(1,), (7,), (4097,), (3, 4097), (2, 3, 5, 7), (127, 129), (1000003,),
-                (257, 1031), (2048, 1023), (3000017,)]
-SMALL_CHECK_SHAPES = [(1,), (7,), (129,), (3, 67), (2, 3, 5, 7), (1031,), (4097,), (3001,)]
-CHECK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Slack on top of 2x the torch error, in ulps at the array's largest |value|: covers a kernel
-# that rounds the other way where torch's error happens to be small (FMA contraction and
-# Triton's approximate fp32 sqrt/div move the last fp32 bits, not the stored result's ulp).
-SLACK_ULPS = 0.25
 MATMUL_N = {"cuda": 8192, "cpu": 1024, "small": 256}
 COPY_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20, "small": 16 << 20}
-BF16_INTERPRETER = "bfloat16 is broken under the Triton interpreter; checked on a GPU only"
-# (norm, shape, best-iterate tracking): CIFAR batches (rows of 3072 = 3 BLOCKs of 1024), then
-# rows of 3465 and 150525 elements (not whole BLOCKs; the L2 one spans 147 blocks per sweep).
-# --small: interpreter-sized, same oddness.
-PGD_CHECK_CASES = [("linf", (128, 3, 32, 32), False), ("l2", (128, 3, 32, 32), False),
-                   ("linf", (7, 3, 33, 35), True), ("l2", (3, 3, 223, 225), True)]
-SMALL_PGD_CHECK_CASES = [("linf", (5, 3, 7, 9), False), ("l2", (5, 3, 7, 9), False),
-                         ("linf", (3, 2, 67, 33), True), ("l2", (2, 3, 50, 50), True)]
-PGD_E2E = {"workload": "resnet18_32", "batch": 128, "steps": 10}  # --small: pgd.SETTINGS small
-
-
-# ----------------------------------------------------------------------------- problems
-
-
-@dataclasses.dataclass
-class Case:
-    """One optimizer configuration checked against the float64 reference."""
-
-    name: str
-    optimizer: str  # "sgd" or "adamw"
-    hyper: dict = dataclasses.field(default_factory=dict)  # the op's keyword arguments
-
-
-CASES = [
-    Case("sgd weight decay", "sgd", dict(lr=1e-2, weight_decay=1e-2)),
-    Case("sgd momentum dampening", "sgd",
-         dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=1e-2)),
-    Case("sgd nesterov", "sgd", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-2)),
-    Case("sgd nesterov l1 subgradient", "sgd",
-         dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-2, l1=1e-2)),
-    # lr * l1 = 0.01 zeroes ~1 % of N(0, 1) weights: the threshold branch is exercised.
-    Case("sgd momentum l1 proximal", "sgd",
-         dict(lr=1e-2, momentum=0.9, weight_decay=1e-2, l1=1.0, l1_mode="proximal")),
-    Case("adamw", "adamw", dict(step=3, lr=1e-2, weight_decay=1e-2)),
-    # beta1 = 0.3 takes the other torch.lerp formula (weight 0.7 >= 0.5).
-    Case("adamw beta1=0.3 l1 subgradient", "adamw",
-         dict(step=3, lr=1e-2, beta1=0.3, weight_decay=1e-2, l1=1e-2)),
-    Case("adamw l1 proximal", "adamw",
-         dict(step=3, lr=1e-2, weight_decay=1e-2, l1=1.0, l1_mode="proximal")),
-]
-BLOCK_CASES = ("sgd nesterov l1 subgradient", "adamw beta1=0.3 l1 subgradient")
-
-
-@dataclasses.dataclass
-class State:
-    """Inputs and outputs of one step: updated in place by a stepper."""
-
-    params: list[torch.Tensor]
-    grads: list[torch.Tensor]
-    state1: list[torch.Tensor]  # momentum buffers / exp_avg
-    state2: list[torch.Tensor]  # exp_avg_sq (unused by SGD)
-    masks: list[torch.Tensor | None]
-
-    def clone(self, dtype: torch.dtype | None = None) -> State:
-        def copy(ts):
-            return [t.to(dtype or t.dtype, copy=True) for t in ts]
-
-        return State(copy(self.params), copy(self.grads), copy(self.state1), copy(self.state2),
-                     list(self.masks))
-
-
-@functools.lru_cache(maxsize=1)  # consecutive checks share inputs; callers clone before stepping
-def make_inputs(shapes: tuple[tuple[int, ...], ...], dtype: torch.dtype,
-                device: torch.device | str, seed: int = 0) -> State:
-    """Random step inputs in `dtype`: every third mask None, NaN gradients where masked out.
-
-    Drawn in float64 on the CPU (same numbers on every device), then rounded once to `dtype`.
-    The NaNs check the spec's promise that masked-out entries end exactly 0 whatever the
-    gradient holds. Optimizer state is random, not zero, so one step reads real state.
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(shape):
-        return torch.randn(shape, generator=gen, dtype=torch.float64)
-
-    params, grads, state1, state2, masks = [], [], [], [], []
-    for i, shape in enumerate(shapes):
-        params.append(randn(shape))
-        grad = randn(shape)
-        state1.append(0.03 * randn(shape))
-        # exp_avg_sq bounded away from 0 keeps m / (sqrt(v) + eps) near 1, as in training.
-        state2.append(1e-3 * (randn(shape) ** 2 + 0.1))
-        mask = None
-        if i % 3 != 2:
-            mask = torch.rand(shape, generator=gen) < 0.5
-            poison = ~mask & (torch.rand(shape, generator=gen) < 0.5)
-            grad = torch.where(poison, torch.nan, grad)
-        grads.append(grad)
-        masks.append(mask)
-
-    def put(ts):
-        return [t.to(device=device, dtype=dtype) for t in ts]
-
-    return State(put(params), put(grads), put(state1), put(state2),
-                 [None if m is None else m.to(device) for m in masks])
-
-
-def _op(case: Case) -> Callable:
-    from trustfast.ops import masked_adamw_step, masked_sgd_step
-
-    return masked_sgd_step if case.optimizer == "sgd" else masked_adamw_step
-
-
-def full_hyper(case: Case) -> dict:
-    """The case's hyperparameters with the op's defaults filled in (taken from its signature)."""
-    params = inspect.signature(_op(case)).parameters.values()
-    defaults = {p.name: p.default for p in params
-                if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and p.name != "backend"}
-    return {**defaults, **case.hyper}
-
-
-def outputs(case: Case, st: State) -> dict[str, list[torch.Tensor]]:
-    """The arrays a step writes, by name."""
-    if case.optimizer == "adamw":
-        return {"params": st.params, "exp_avg": st.state1, "exp_avg_sq": st.state2}
-    if full_hyper(case)["momentum"] != 0:
-        return {"params": st.params, "momentum_buf": st.state1}
-    return {"params": st.params}
-
-
-Stepper = Callable[[Case, State], None]
-
-
-def reference_step(case: Case, st: State) -> None:
-    """The specification (plain torch), in the inputs' precision (float64 for the ground truth)."""
-    from trustfast.ops.masked_update import (
-        masked_adamw_step_reference,
-        masked_sgd_step_reference,
-    )
-
-    hyper = full_hyper(case)
-    if case.optimizer == "sgd":
-        bufs = st.state1 if hyper["momentum"] != 0 else None
-        masked_sgd_step_reference(st.params, st.grads, bufs, st.masks, **hyper)
-    else:
-        masked_adamw_step_reference(st.params, st.grads, st.state1, st.state2, st.masks, **hyper)
-
-
-def op_step(backend: str) -> Stepper:
-    """A stepper through the public op, failing if dispatch ran another backend."""
-
-    def step(case: Case, st: State) -> None:
-        if case.optimizer == "sgd":
-            bufs = st.state1 if full_hyper(case)["momentum"] != 0 else None
-            ran = _op(case)(st.params, st.grads, bufs, st.masks, backend=backend, **case.hyper)
-        else:
-            ran = _op(case)(st.params, st.grads, st.state1, st.state2, st.masks, backend=backend,
-                            **case.hyper)
-        if ran != backend:
-            raise RuntimeError(f"asked for backend {backend!r}, {ran!r} ran")
-
-    return step
-
-
-def kernel_step(block: int) -> Stepper:
-    """A stepper calling the Triton launcher directly with `block`; needs a mask per tensor."""
-
-    def step(case: Case, st: State) -> None:
-        from trustfast.kernels import masked_update as km
-
-        h = full_hyper(case)
-        if any(m is None for m in st.masks):
-            raise ValueError("kernel_step needs a mask for every tensor")
-        proximal = h["l1_mode"] == "proximal"
-        if case.optimizer == "sgd":
-            bufs = st.state1 if h["momentum"] != 0 else []
-            km.masked_sgd_step(st.params, st.grads, bufs, st.masks, h["lr"], h["momentum"],
-                               h["dampening"], h["nesterov"], h["weight_decay"], h["l1"],
-                               proximal, block=block)
-        else:
-            km.masked_adamw_step(st.params, st.grads, st.state1, st.state2, st.masks, h["lr"],
-                                 h["beta1"], h["beta2"], h["eps"], h["weight_decay"], h["l1"],
-                                 proximal, 1 - h["beta1"] ** h["step"],
-                                 (1 - h["beta2"] ** h["step"]) ** 0.5, block=block)
-
-    return step
-
-
-# ----------------------------------------------------------------------------- judging
-
-
-def _max_error(got: list[torch.Tensor], ref: list[torch.Tensor]) -> tuple[float, str]:
-    """Max |got - ref| over a list of tensors (NaN counts as inf) and where it occurs."""
-    worst, where = 0.0, ""
-    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
-        if g.numel() == 0:
-            continue
-        diff = (g.double() - r).abs().nan_to_num(nan=math.inf).flatten()
-        j = int(diff.argmax())
-        if float(diff[j]) > worst or not where:
-            worst, where = float(diff[j]), f"tensor {i} {tuple(g.shape)} flat index {j}"
-    return worst, where
-
-
-def compare(reference: dict[str, list[torch.Tensor]], baseline: dict[str, list[torch.Tensor]],
-            kernel: dict[str, list[torch.Tensor]], masks: list[torch.Tensor | None],
-            dtype: torch.dtype) -> dict:
-    """Judge a kernel's output: error vs float64 within 2x torch's + slack; masked-out exactly 0.
-
-    `reference` is the float64 result, `baseline` the torch reference run in `dtype`, `kernel`
-    the kernel's result, all from the same inputs. Returns {"passed", "arrays": {name: details}},
-    with per array the errors, the bound, how many elements exceed it and where the worst is.
-    """
-    arrays = {}
-    for name, ref in reference.items():
-        k_err, where = _max_error(kernel[name], ref)
-        b_err, _ = _max_error(baseline[name], ref)
-        scale = max((float(r.abs().max()) for r in ref if r.numel()), default=0.0)
-        bound = 2 * b_err + SLACK_ULPS * torch.finfo(dtype).eps * scale
-        # `~(diff <= bound)` so that NaN counts as over the bound.
-        over = sum(int((~((k.double() - r).abs() <= bound)).sum())
-                   for k, r in zip(kernel[name], ref, strict=True))
-        masked_nonzero = sum(int((k[~m] != 0).sum())
-                             for k, m in zip(kernel[name], masks, strict=True) if m is not None)
-        arrays[name] = {
-            "kernel_err": k_err, "torch_err": b_err, "bound": bound, "worst_at": where,
-            "n_over_bound": over, "masked_nonzero": masked_nonzero,
-            "passed": bool(k_err <= bound and over == 0 and masked_nonzero == 0),
-        }
-    return {"passed": all(a["passed"] for a in arrays.values()), "arrays": arrays}
-
-
-def check_case(case: Case, dtype: torch.dtype, shapes: list[tuple[int, ...]],
-               device: torch.device, kernel: Stepper, all_masked: bool = False) -> dict:
-    """Run the float64 reference, the torch reference in `dtype` and `kernel` on one input."""
-    inputs = make_inputs(tuple(shapes), dtype, device)
-    if all_masked:  # an all-true mask means the same as None
-        inputs = dataclasses.replace(inputs, masks=[
-            torch.ones_like(p, dtype=torch.bool) if m is None else m
-            for p, m in zip(inputs.params, inputs.masks, strict=True)])
-    runs = {}
-    for label, stepper, run_dtype in (("reference", reference_step, torch.float64),
-                                      ("baseline", op_step("torch"), None),
-                                      ("kernel", kernel, None)):
-        st = inputs.clone(run_dtype)
-        stepper(case, st)
-        runs[label] = outputs(case, st)
-    return compare(runs["reference"], runs["baseline"], runs["kernel"], inputs.masks, dtype)
-
-
-# ----------------------------------------------------------------------------- ceilings, timings
-
-
-def copy_ceiling(nbytes: int, device: torch.device, repeats: int) -> dict:
-    """Device copy bandwidth: the floor every memory-bound kernel is reported against."""
-    from trustfast._bench.timing import copy_bandwidth
-
-    bw = copy_bandwidth(nbytes, device, repeats)
-    return {"item": "copy bandwidth (dst.copy_(src))", "dtype": "uint8", "bytes": nbytes,
-            "ms": nbytes / bw * 1e3, "GB/s": bw / 1e9}
-
-
-def matmul_ceiling(n: int, device: torch.device, repeats: int,
-                   dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Dense matmul rate (n^3, preallocated output): the roofline for FLOP-bound kernels."""
-    from trustfast._bench.timing import median_time
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    seconds = median_time(lambda: torch.matmul(a, b, out=c), device, repeats)
-    return {"item": f"matmul {n}^3", "dtype": str(dtype).removeprefix("torch."), "n": n,
-            "ms": seconds * 1e3, "TFLOP/s": 2 * n**3 / seconds / 1e12}
-
-
-def block_sweep(op: str, n: int, device: torch.device, repeats: int) -> list[dict]:
-    """Time the Triton launcher at each BLOCK on the bench problem (fp32), vs copy bandwidth."""
-    from trustfast.kernels import masked_update as km
-
-    from trustfast._bench import masked_update as mu
-    from trustfast._bench.timing import copy_bandwidth, median_time
-
-    pb = mu.make_problem(n, device, torch.float32)
-    if op == "masked_sgd_step":
-        moved = mu.sgd_bytes(pb)
-
-        def run(block):
-            km.masked_sgd_step(pb.params, pb.grads, pb.state1, pb.masks, mu.LR, mu.MOMENTUM, 0.0,
-                               False, mu.WEIGHT_DECAY, mu.L1, False, block=block)
-    else:
-        moved = mu.adamw_bytes(pb)
-
-        def run(block):
-            # step 1's bias corrections; the step count does not change the work done.
-            km.masked_adamw_step(pb.params, pb.grads, pb.state1, pb.state2, pb.masks, mu.LR, 0.9,
-                                 0.999, 1e-8, mu.WEIGHT_DECAY, mu.L1, False, 1 - 0.9,
-                                 (1 - 0.999) ** 0.5, block=block)
-
-    floor = copy_bandwidth(moved, device, repeats)
-    default = km.INTERPRETER_BLOCK if device.type == "cpu" else km.BLOCK
-    rows, times = [], {}
-    for block in BLOCKS:
-        row = {"op": op, "block": block, "default": block == default, "params": n,
-               "dtype": "float32"}
-        try:
-            # median_time launches back to back on CUDA: the kernel's own throughput counts.
-            seconds = median_time(lambda b=block: run(b), device, repeats)
-            times[block] = seconds
-            row.update({"ms": seconds * 1e3, "GB/s": moved / seconds / 1e9,
-                        "% of copy": 100 * moved / seconds / floor})
-        except Exception as exc:  # one BLOCK failing to compile must not hide the others
-            row["error"] = _describe(exc)
-        rows.append(row)
-    for row in rows:
-        if default in times and row["block"] in times:
-            row["speed-up vs default"] = times[default] / times[row["block"]]
-    return rows
+# Every section runs the Triton kernels (on the CPU through the interpreter: a dry run).
+BACKEND = "triton"
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -433,6 +114,12 @@ class Suite:
                     pass
             self.save()
         return result
+
+    def run_section(self, section) -> object:
+        """Run (or record the skip of) one `trustfast._bench.registry.Section`."""
+        if section.skip is not None:
+            return self.skip(section.key, section.label, section.meta, section.skip)
+        return self.run(section.key, section.label, section.run, section.meta)
 
     def skip(self, key: str, label: str, meta: dict, reason: str) -> None:
         self.report[key].append({**meta, "skipped": reason})
@@ -624,8 +311,8 @@ def markdown_table(report: dict) -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    """Where the numbers come from: GPU, versions, date (plus the bench CLI's CPU facts)."""
-    from trustfast._bench.cli import machine
+    """Where the numbers come from: GPU, versions, date (plus the shared runner's CPU facts)."""
+    from trustfast._bench.timing import machine
 
     info = machine()
     info.update({"datetime_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -648,14 +335,12 @@ def machine_info(device: torch.device) -> dict:
 
 
 def run_suite(args: argparse.Namespace) -> int:
-    """Ceilings (seconds), then checks (a wrong kernel makes its timing moot), then timings."""
-    from trustfast._bench import attention as attn_bench
-    from trustfast._bench import hvp as hvp_bench
-    from trustfast._bench import llm_memory as llm_bench
+    """Ceilings (seconds), then every bench's checks, then every bench's timings."""
+    from trustfast._bench import masked_update as mu
     from trustfast._bench import pgd as pgd_bench
-    from trustfast._bench import sequence_nll as nll_bench
-    from trustfast._bench import watermark_attack as wm_bench
-    from trustfast._bench.cli import measure, parse_sizes
+    from trustfast._bench import registry
+    from trustfast._bench.cli import parse_sizes
+    from trustfast._bench.timing import copy_ceiling, matmul_ceiling
 
     device = torch.device(args.device)
     try:
@@ -664,156 +349,49 @@ def run_suite(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     repeats = args.repeats or (20 if device.type == "cuda" else 3)
-    shapes = SMALL_CHECK_SHAPES if args.small else CHECK_SHAPES
     scale = "small" if args.small else device.type
+    benches = {name: registry.load(name) for name in registry.BENCHES}
     config = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "device": str(device), "check_only": args.check, "small": args.small,
-              "sizes": sizes, "repeats": repeats, "check_shapes": shapes,
+              "sizes": sizes, "repeats": repeats,
+              "check_shapes": mu.SMALL_CHECK_SHAPES if args.small else mu.CHECK_SHAPES,
               "budget_s": args.budget_s, "hvp_workloads": {
-                  w: hvp_bench.SIZES[w][args.small] for w in hvp_bench.WORKLOADS},
-              "pgd_check_cases": SMALL_PGD_CHECK_CASES if args.small else PGD_CHECK_CASES,
+                  w: benches["hvp"].SIZES[w][args.small] for w in benches["hvp"].WORKLOADS},
+              "pgd_check_cases": (pgd_bench.SMALL_CHECK_CASES if args.small
+                                  else pgd_bench.CHECK_CASES),
               "pgd_step_shapes": (pgd_bench.SMALL_STEP_SHAPES if args.small
                                   else pgd_bench.STEP_SHAPES),
-              "pgd_e2e": {"workload": PGD_E2E["workload"], "eps": pgd_bench.EPS,
+              "pgd_e2e": {"workload": pgd_bench.SUITE_E2E["workload"], "eps": pgd_bench.EPS,
                           "restarts": pgd_bench.RESTARTS, "batch_steps": (
-                              pgd_bench.SETTINGS[PGD_E2E["workload"]]["small"] if args.small
-                              else (PGD_E2E["batch"], PGD_E2E["steps"]))}}
+                              pgd_bench.SETTINGS[pgd_bench.SUITE_E2E["workload"]]["small"]
+                              if args.small else (pgd_bench.SUITE_E2E["batch"],
+                                                  pgd_bench.SUITE_E2E["steps"]))}}
     suite = Suite(Path(args.out), config, device, args.budget_s)
     try:
         suite.report["machine"] = machine_info(device)
     except Exception as exc:  # the numbers are still worth having without it
         suite.report["machine"] = {"error": _describe(exc)}
     suite.save()
-    interpreted = device.type == "cpu"
 
     if not args.check:
         suite.run("ceilings", "copy bandwidth",
                   lambda: copy_ceiling(COPY_BYTES[scale], device, repeats))
         suite.run("ceilings", "matmul bf16",
                   lambda: matmul_ceiling(MATMUL_N[scale], device, min(repeats, 10)))
-
-    numel = sum(math.prod(s) for s in shapes)
-    for dtype in CHECK_DTYPES:
-        for case in CASES:
-            name = str(dtype).removeprefix("torch.")
-            meta = {"case": case.name, "optimizer": case.optimizer, "dtype": name,
-                    "numel": numel, "backend": "triton"}
-            label = f"check {case.name} {name}"
-            if interpreted and dtype == torch.bfloat16:
-                suite.skip("checks", label, meta, BF16_INTERPRETER)
-                continue
-            suite.run("checks", label, lambda c=case, d=dtype: check_case(
-                c, d, shapes, device, op_step("triton")), meta)
-    for case in (c for c in CASES if c.name in BLOCK_CASES):
-        for block in BLOCKS:
-            meta = {"case": f"{case.name} BLOCK={block}", "optimizer": case.optimizer,
-                    "dtype": "float32", "numel": numel, "backend": "triton", "block": block}
-            suite.run("checks", f"check {case.name} BLOCK={block}", lambda c=case, b=block:
-                      check_case(c, torch.float32, shapes, device, kernel_step(b),
-                                 all_masked=True), meta)
-    for w in hvp_bench.WORKLOADS:
-        suite.run("hvp_checks", f"check hvp {w}", lambda w=w: hvp_bench.check(
-            w, device, small=args.small), {"case": f"hvp {w}", "workload": w, "dtype": "float32"})
-    for dtype in CHECK_DTYPES:
-        name = str(dtype).removeprefix("torch.")
-        for norm, shape, tracking in SMALL_PGD_CHECK_CASES if args.small else PGD_CHECK_CASES:
-            case = (f"pgd_step {norm} {pgd_bench.shape_name(shape)}"
-                    + (" tracking" if tracking else ""))
-            meta = {"case": case, "norm": norm, "dtype": name, "numel": math.prod(shape),
-                    "backend": "triton"}
-            if interpreted and dtype == torch.bfloat16:
-                suite.skip("pgd_checks", f"check {case} {name}", meta, BF16_INTERPRETER)
-                continue
-            suite.run("pgd_checks", f"check {case} {name}", lambda n=norm, d=dtype, s=shape,
-                      t=tracking: pgd_bench.check_step(n, d, s, device, tracking=t), meta)
-
-    # Triton kernels judged against float64 (<= 2x the torch baseline's error), every dtype
-    for key, bench, op in (("attention_checks", attn_bench, "attention"),
-                           ("sequence_nll_checks", nll_bench, "sequence_nll")):
-        shapes_ = bench.SMALL_CHECK_SHAPES if args.small or interpreted else bench.CHECK_SHAPES
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            name = str(dtype).removeprefix("torch.")
-            for shape in shapes_:
-                label = f"check {op} {bench.shape_name(shape)} {name}"
-                meta = {"case": f"{op} {bench.shape_name(shape)}", "dtype": name,
-                        "backend": "triton"}
-                if interpreted and dtype == torch.bfloat16:
-                    suite.skip(key, label, meta, BF16_INTERPRETER)
-                    continue
-                suite.run(key, label, lambda b=bench, s=shape, d=dtype: b.check(s, d, device),
-                          meta)
-
+    for bench in benches.values():
+        for section in bench.checks(device, small=args.small, backend=BACKEND):
+            suite.run_section(section)
     if not args.check:
-        runs = [(n, torch.float32) for n in sizes] + [(max(sizes), torch.bfloat16)]
-        for n, dtype in runs:
-            name = str(dtype).removeprefix("torch.")
-            label, meta = f"timing {n:.0e} {name}", {"params": n, "dtype": name}
-            if interpreted and dtype == torch.bfloat16:
-                suite.skip("timings", label, meta, BF16_INTERPRETER)
-                continue
-            suite.run("timings", label, lambda n=n, d=dtype: measure(
-                [n], device, repeats, backend="triton", dtype=d), meta)
-        # Before the BLOCK sweep (a tuning aid): with a tight budget the HVP figures come first.
-        tf32 = {}  # timed with torch's defaults (TF32 convolutions on): what users run
-        if device.type == "cuda":
-            tf32 = {"cudnn_tf32": torch.backends.cudnn.allow_tf32,
-                    "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
-        for w in hvp_bench.WORKLOADS:
-            suite.run("hvp_timings", f"hvp timing {w}", lambda w=w: hvp_bench.measure(
-                device, min(repeats, 10), small=args.small, workloads=(w,)),
-                {"workload": w, "dtype": "float32", **tf32})
-        step_shapes = pgd_bench.SMALL_STEP_SHAPES if args.small else pgd_bench.STEP_SHAPES
-        for shape in step_shapes:
-            suite.run("pgd_timings", f"pgd_step timing {pgd_bench.shape_name(shape)}",
-                      lambda s=shape: pgd_bench.measure_step(device, repeats, shapes=(s,),
-                                                             backend="triton"),
-                      {"bench": "pgd_step", "shape": pgd_bench.shape_name(shape),
-                       "dtype": "float32"})
-        e2e = {} if args.small else {"batch": PGD_E2E["batch"], "steps": PGD_E2E["steps"]}
-        # Each sample is one whole attack (~1 s): 3 of them, after one warm-up (Triton compiles).
-        suite.run("pgd_timings", f"pgd e2e timing {PGD_E2E['workload']}",
-                  lambda: pgd_bench.measure_e2e(device, 1 if args.small else min(repeats, 3),
-                                                small=args.small,
-                                                workloads=(PGD_E2E["workload"],),
-                                                backend="triton", **e2e),
-                  {"bench": "pgd e2e", "workload": PGD_E2E["workload"], "dtype": "float32",
-                   **tf32})
-        for op in ("masked_sgd_step", "masked_adamw_step"):
-            suite.run("block_sweep", f"BLOCK sweep {op} {max(sizes):.0e}",
-                      lambda op=op: block_sweep(op, max(sizes), device, repeats),
-                      {"op": op, "params": max(sizes), "dtype": "float32"})
-        matmul = next((r.get("TFLOP/s") for r in suite.report["ceilings"]
-                       if "TFLOP/s" in r), None)
-        attn_timing_shapes = ([(1, 2, 64, 64, 40)] if args.small or interpreted
-                              else attn_bench.SD_SHAPES + attn_bench.DIT_SHAPES)
-        attn_dtype = torch.float32 if interpreted else torch.bfloat16
-        for shape in attn_timing_shapes:
-            suite.run("attention_timings", f"attention timing {attn_bench.shape_name(shape)}",
-                      lambda s=shape: attn_bench.measure(s, device, min(repeats, 5),
-                                                         attn_dtype, matmul_tflops=matmul),
-                      {"bench": "attention"})
-        jvp_shape = (1, 2, 64, 64, 40) if args.small or interpreted else (2, 8, 4096, 4096, 64)
-        nll_timing = (nll_bench.SMALL_TIMING_SHAPES if args.small or interpreted
-                      else nll_bench.TIMING_SHAPES)
-        for shape in nll_timing:
-            suite.run("sequence_nll_timings", f"sequence_nll timing {nll_bench.shape_name(shape)}",
-                      lambda s=shape: nll_bench.measure(s, device, min(repeats, 5),
-                                                        attn_dtype), {"bench": "sequence_nll"})
-        # one NPO step: peak memory (measured vs the memory model) and tokens/s; the 1B and
-        # 7B Llama shapes on a GPU only (the 7B goal: <= 40 GB)
-        for case in llm_bench.cases(big=device.type == "cuda" and not args.small):
-            for variant in llm_bench.VARIANTS:
-                suite.run("llm_memory", f"llm NPO step {case[0]} {variant.split(' ')[0]}",
-                          lambda c=case, v=variant: llm_bench.row(*c, v, device.type),
-                          {"bench": "llm_memory"})
-        # the adversarial watermarking attack: messages batched vs a per-message loop
-        wm_size = ({"faces": 8, "steps": 1, "messages": 2, "repeats": 1}
-                   if args.small or interpreted else {})
-        suite.run("watermark_attack", "watermark attack timing",
-                  lambda: wm_bench.measure(device.type, **wm_size), {"bench": "watermark attack"})
-        suite.run("attention_timings", "attention JVP / forward",
-                  lambda: attn_bench.jvp_over_forward(jvp_shape, device, min(repeats, 5),
-                                                      attn_dtype), {"bench": "attention jvp"})
+        ceilings = {"matmul TFLOP/s": next((r.get("TFLOP/s") for r in suite.report["ceilings"]
+                                            if "TFLOP/s" in r), None)}
+        sections = []
+        for name, bench in benches.items():
+            options = {"sizes": sizes} if name == "masked_update" else {}
+            sections += bench.timings(device, repeats, small=args.small, backend=BACKEND,
+                                      ceilings=ceilings, **options)
+        # Tuning aids (the BLOCK sweep) last: with a tight budget the figures come first.
+        for section in sorted(sections, key=lambda s: s.tuning):
+            suite.run_section(section)
 
     suite.save()
     print(markdown_table(suite.report))

@@ -21,11 +21,12 @@ speed-up of trustfast over each row.
 sequence_nll (groups "sequence_nll cpu fwd+bwd V=<vocab>"): median ms, peak tensor MB, and each
 row's time and memory over trustfast's.
 A table is printed only for the kinds of groups the JSON holds.
-Usage: python benchmarks/report.py benchmarks/results/cpu_bench.json
+Usage: python benchmarks/report.py [benchmarks/results/cpu_bench.json]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -248,5 +249,19 @@ def report(path: str) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Turn a pytest-benchmark JSON of benchmarks/test_bench_*.py (`make bench`) "
+                    "into ratio tables (markdown, on stdout).")
+    parser.add_argument("json", nargs="?", default="benchmarks/results/cpu_bench.json",
+                        help="pytest-benchmark JSON (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        print(report(args.json))
+    except FileNotFoundError:
+        parser.error(f"no such file: {args.json} (run `make bench` first)")
+    return 0
+
+
 if __name__ == "__main__":
-    print(report(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/cpu_bench.json"))
+    sys.exit(main())

@@ -6,12 +6,6 @@ Layers (imports point down): research methods per domain -> `trustfast.metrics` 
 """
 
 from trustfast import ops, optim
-
-__version__ = "0.1.0"
-
-
-class TrustfastWarning(UserWarning):
-    """Warnings raised by trustfast (fallbacks, skipped steps)."""
-
+from trustfast._meta import TrustfastWarning, __version__
 
 __all__ = ["TrustfastWarning", "__version__", "ops", "optim"]

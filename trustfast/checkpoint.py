@@ -12,13 +12,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: str, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, write) -> None:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it over `path`: readers see
+    the old file or the new one, never half of one. The file gets the permissions a plain
+    `open(path, "w")` would give (0644 under the usual umask; mkstemp's are 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,7 +43,17 @@ def save_json(path: str, obj: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
+
+
+def save_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def load_json(path: str) -> Any:
@@ -49,7 +69,7 @@ def save_checkpoint(folder: str, name: str, tensors: dict[str, torch.Tensor],
     tensors without it.
     """
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(os.path.join(folder, f"{name}.safetensors"), lambda tmp: save_file(flat, tmp))
+    atomic_write(os.path.join(folder, f"{name}.safetensors"), lambda tmp: save_file(flat, tmp))
     save_json(os.path.join(folder, f"{name}.json"), state)
 
 
@@ -63,21 +83,14 @@ def load_checkpoint(folder: str, name: str) -> tuple[dict[str, torch.Tensor], di
 
 
 def load_config(cls, path: str):
-    """A dataclass `cls` from a YAML or JSON file whose keys are its fields (unknown keys and
-    non-mappings are errors naming the file)."""
-    import dataclasses
+    """A config dataclass `cls` from a YAML or JSON file whose keys are its fields (unknown
+    keys and non-mappings are errors naming the file); see `trustfast.config`."""
+    from trustfast.config import ConfigError, build_config, load_config_file
 
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of {cls.__name__} fields")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
-    return cls(**data)
+    try:
+        return build_config(cls, load_config_file(path))
+    except ConfigError as exc:
+        raise ConfigError(exc.key, f"{exc.message} (in {path})") from None
 
 
 def optimizer_to_checkpoint(opt, tensors: dict[str, torch.Tensor], prefix: str = "opt") -> dict:

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-import trustfast
+from trustfast._meta import __version__
 from trustfast.ops import _dispatch
 
 # Looked up by package metadata, not imported: diffusers / transformers take seconds to import.
@@ -42,7 +42,7 @@ def info_text() -> str:
     from trustfast._ext import cpp_extension, cpp_extension_error
 
     lines = [
-        f"trustfast     {trustfast.__version__}",
+        f"trustfast     {__version__}",
         f"python        {platform.python_version()} ({platform.machine()}, {platform.system()})",
         f"torch         {torch.__version__} (CUDA {torch.version.cuda or 'none'}, "
         f"{torch.get_num_threads()} CPU threads)",
@@ -73,4 +73,18 @@ def info_text() -> str:
     lines.append(f"{'op':<{width}}  " + "  ".join(f"{d:<8}" for d in devices))
     for op, row in table.items():
         lines.append(f"{op:<{width}}  " + "  ".join(f"{row[d]:<8}" for d in devices))
+    lines += ["", "what each backend takes (auto mode skips a backend that fails a check; a "
+              "forced one raises):"]
+    lines += constraint_lines()
     return "\n".join(lines)
+
+
+def constraint_lines() -> list[str]:
+    """One line per (op, backend): the constraints checked before that backend runs."""
+    lines = []
+    for op in sorted(_dispatch.OPS):
+        spec = _dispatch.OPS[op]
+        for backend in spec.backends:
+            checks = ", ".join(c.description or c.name for c in spec.checks(backend))
+            lines.append(f"  {op}[{backend}]: {checks or 'any call (the reference)'}")
+    return lines

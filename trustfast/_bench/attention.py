@@ -7,6 +7,10 @@ math attention in the same precision (STYLE.md's rule), with a floor for exact b
 variant that supports the mode (an unsupported one gives a row with its error), in TFLOP/s
 counted as 4 B H Nq Nk D per forward (x 3.5 with the backward, x 3 with the JVP), and reports
 peak memory on CUDA. Shapes: (B, H, Nq, Nk, D).
+
+Registry interface: `checks` (key "attention_checks") and `timings` (key "attention_timings":
+`measure` per shape, then `jvp_over_forward`); on the CPU both use the small shapes, and the
+timings run in float32 (bf16 on CUDA).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from trustfast._bench.judge import judge
+from trustfast._bench.registry import Section, bf16_skip
 from trustfast._bench.timing import median_time, time_and_peak, unsupported
 from trustfast.ops.attention import attention, attention_reference
 
@@ -26,6 +31,9 @@ DIT_SHAPES = [(2, 16, n, n, d) for n in (1024, 4096) for d in (64, 128)]
 CHECK_SHAPES = [(2, 8, 1024, 1024, 40), (2, 8, 1024, 77, 80), (1, 4, 4096, 4096, 160),
                 (2, 16, 1024, 1024, 128)]
 SMALL_CHECK_SHAPES = [(1, 2, 33, 33, 40), (1, 2, 17, 77, 80)]
+SMALL_TIMING_SHAPES = [(1, 2, 64, 64, 40)]
+JVP_SHAPE, SMALL_JVP_SHAPE = (2, 8, 4096, 4096, 64), (1, 2, 64, 64, 40)
+CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MODES = ("forward", "forward+backward", "forward+jvp")
 FLOP_FACTOR = {"forward": 1.0, "forward+backward": 3.5, "forward+jvp": 3.0}
 OURS = "trustfast"
@@ -97,10 +105,10 @@ def _xformers() -> Callable | None:
     return run
 
 
-def variants(device: torch.device) -> dict[str, Callable]:
+def variants(device: torch.device, backend: str | None = None) -> dict[str, Callable]:
     from torch.nn.attention import SDPBackend
 
-    out = {OURS: lambda q, k, v: attention(q, k, v)}
+    out = {OURS: lambda q, k, v: attention(q, k, v, backend=backend)}
     backends = [("SDPA math", SDPBackend.MATH)]
     if device.type == "cuda":
         backends = [("SDPA flash", SDPBackend.FLASH_ATTENTION),
@@ -111,8 +119,8 @@ def variants(device: torch.device) -> dict[str, Callable]:
             out["xformers"] = xf
     else:
         out["SDPA default"] = _sdpa(None)
-    for name, backend in backends:
-        out[name] = _sdpa(backend)
+    for name, sdpa_backend in backends:
+        out[name] = _sdpa(sdpa_backend)
     return out
 
 
@@ -127,7 +135,8 @@ def _work(mode: str, fn: Callable, q, k, v) -> Callable[[], object]:
 
 
 def measure(shape, device: torch.device, repeats: int, dtype: torch.dtype = torch.bfloat16,
-            modes=MODES, matmul_tflops: float | None = None) -> list[dict]:
+            modes=MODES, matmul_tflops: float | None = None,
+            backend: str | None = None) -> list[dict]:
     """One row per (variant, mode): ms, TFLOP/s, % of the matmul rate, peak MB (CUDA)."""
     q, k, v = _inputs(shape, dtype, device)
     b, h, nq, nk, d = shape
@@ -135,7 +144,7 @@ def measure(shape, device: torch.device, repeats: int, dtype: torch.dtype = torc
     for mode in modes:
         flops = 4 * b * h * nq * nk * d * FLOP_FACTOR[mode]
         times, mode_rows = {}, []
-        for name, fn in variants(device).items():
+        for name, fn in variants(device, backend).items():
             row = {"shape": shape_name(shape), "mode": mode, "variant": name,
                    "dtype": str(dtype).removeprefix("torch.")}
             try:  # SDPA's fused kernels raise for forward AD: a row saying so
@@ -163,11 +172,49 @@ def measure(shape, device: torch.device, repeats: int, dtype: torch.dtype = torc
 
 
 def jvp_over_forward(shape, device: torch.device, repeats: int,
-                     dtype: torch.dtype = torch.bfloat16) -> dict:
+                     dtype: torch.dtype = torch.bfloat16, backend: str | None = None) -> dict:
     """trustfast's JVP time as a multiple of its forward time (goal: <= 2.5x)."""
     q, k, v = _inputs(shape, dtype, device)
-    fwd = median_time(_work("forward", variants(device)[OURS], q, k, v), device, repeats)
-    jvp = median_time(_work("forward+jvp", variants(device)[OURS], q, k, v), device, repeats)
+    ours = variants(device, backend)[OURS]
+    fwd = median_time(_work("forward", ours, q, k, v), device, repeats)
+    jvp = median_time(_work("forward+jvp", ours, q, k, v), device, repeats)
     return {"shape": shape_name(shape), "dtype": str(dtype).removeprefix("torch."),
             "forward_ms": fwd * 1e3, "jvp_ms": jvp * 1e3, "jvp / forward": jvp / fwd,
             "meets_goal": bool(jvp / fwd <= 2.5)}
+
+
+def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
+    """`check` per shape and dtype (the small shapes on the CPU: the Triton interpreter)."""
+    device = torch.device(device)
+    shapes = SMALL_CHECK_SHAPES if small or device.type == "cpu" else CHECK_SHAPES
+    sections = []
+    for dtype in CHECK_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        for shape in shapes:
+            sections.append(Section(
+                "attention_checks", f"check attention {shape_name(shape)} {name}",
+                lambda s=shape, d=dtype: check(s, d, device, backend=backend),
+                {"case": f"attention {shape_name(shape)}", "dtype": name, "backend": backend},
+                skip=bf16_skip(device, dtype, backend)))
+    return sections
+
+
+def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,
+            ceilings: dict | None = None) -> list[Section]:
+    """`measure` per shape (Stable Diffusion and DiT shapes on CUDA, bf16), then the JVP's cost
+    over the forward; "% of matmul" when `ceilings` has "matmul TFLOP/s"."""
+    device = torch.device(device)
+    cpu = device.type == "cpu"
+    shapes = SMALL_TIMING_SHAPES if small or cpu else SD_SHAPES + DIT_SHAPES
+    dtype = torch.float32 if cpu else torch.bfloat16
+    matmul = (ceilings or {}).get("matmul TFLOP/s")
+    sections = [Section("attention_timings", f"attention timing {shape_name(shape)}",
+                        lambda s=shape: measure(s, device, min(repeats, 5), dtype,
+                                                matmul_tflops=matmul, backend=backend),
+                        {"bench": "attention"}) for shape in shapes]
+    jvp_shape = SMALL_JVP_SHAPE if small or cpu else JVP_SHAPE
+    sections.append(Section("attention_timings", "attention JVP / forward",
+                            lambda: jvp_over_forward(jvp_shape, device, min(repeats, 5), dtype,
+                                                     backend=backend),
+                            {"bench": "attention jvp"}))
+    return sections

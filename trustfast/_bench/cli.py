@@ -1,16 +1,24 @@
-"""`trustfast bench`: time the fused masked update against its torch peers on this machine."""
+"""`trustfast bench`: time trustfast's ops against their peers on this machine, through the
+benchmark registry (`trustfast._bench.registry`).
+
+By default the masked-update ops (masked_sgd_step, masked_adamw_step) at `--sizes`; `--ops`
+picks other benches by name (`pgd`, `attention`, `sequence_nll`, `hvp`, `llm_memory`,
+`watermark_attack`, or `all`), each at its own sizes (`--small` shrinks them for a quick look).
+The backend is the automatic one (C++ on the CPU, Triton on CUDA).
+"""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
+import sys
 
 import torch
 
-from trustfast._bench import masked_update as mu
-from trustfast._bench.timing import copy_bandwidth, median_time
+from trustfast._bench import registry
+from trustfast._bench.timing import machine, matmul_ceiling
+
+MATMUL_N = {"cuda": 8192, "cpu": 1024}
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -25,65 +33,87 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def measure(sizes: list[int], device: torch.device, repeats: int, backend: str | None = None,
-            dtype: torch.dtype = torch.float32) -> list[dict]:
-    """One row per (op, size, variant): ms, GB/s, % of copy bandwidth, speed-up of trustfast."""
-    rows = []
-    for n in sizes:
-        for op, make, nbytes in (("masked_sgd_step", mu.sgd_variants, mu.sgd_bytes),
-                                 ("masked_adamw_step", mu.adamw_variants, mu.adamw_bytes)):
-            pb = mu.make_problem(n, device, dtype)
-            moved = nbytes(pb)
-            floor = copy_bandwidth(moved, device, repeats)
-            variants = make(pb, backend)
-            times = {name: median_time(fn, device, repeats) for name, fn in variants.items()}
-            ours = times["trustfast fused"]
-            for name, seconds in times.items():
-                rows.append({
-                    "op": op, "params": n, "dtype": str(dtype).removeprefix("torch."),
-                    "variant": name, "ms": seconds * 1e3,
-                    # Peers move more bytes than the fused kernel; GB/s counts the bytes the op
-                    # must move (the fused kernel's), so it reads as useful bandwidth.
-                    "GB/s": moved / seconds / 1e9, "copy GB/s": floor / 1e9,
-                    "% of copy": 100 * moved / seconds / floor,
-                    "trustfast speed-up": seconds / ours,
-                })
-    return rows
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _size(r: dict) -> str:
+    named = r.get("shape") or r.get("workload") or r.get("case")
+    if named:
+        return str(named)
+    if "faces" in r:
+        return f"{r['faces']} faces x {r.get('messages', '?')} messages"
+    return f"{r['params']:.0e}" if "params" in r else ""
+
+
+def _rate(r: dict) -> str:
+    for key, unit in (("GB/s", "GB/s"), ("TFLOP/s", "TFLOP/s"), ("tokens_per_s", "tok/s"),
+                      ("examples/s", "ex/s")):
+        if key in r:
+            return f"{r[key]:.4g} {unit}"
+    return ""
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| op | params | variant | ms | GB/s | % of copy | trustfast speed-up |"
+    """One line per row: op, size, variant, ms, rate, % of its floor, trustfast speed-up (this
+    row's time over trustfast's), or the reason a row has no time."""
+    head = "| op | size | variant | ms | rate | % of floor | trustfast speed-up |"
     lines = [head, "|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(
-            f"| {r['op']} | {r['params']:.0e} | {r['variant']} | {r['ms']:.3f} | "
-            f"{r['GB/s']:.1f} | {r['% of copy']:.0f}% | {r['trustfast speed-up']:.2f}x |"
-        )
+        op = r.get("op") or r.get("bench") or ""
+        variant = r.get("variant", "")
+        if "mode" in r:
+            variant = f"{r['mode']}: {variant}"
+        floor = r.get("% of copy", r.get("% of matmul"))
+        speedup = r.get("trustfast speed-up", r.get("speed-up vs torch hvp"))
+        note = r.get("error") or r.get("skipped") or r.get("unsupported")
+        ms = _cell(r.get("ms", r.get("jvp_ms")), ".3f")
+        if "jvp / forward" in r:
+            variant = f"JVP: {r['jvp / forward']:.2f}x the forward"
+        if note is not None:
+            ms = note.replace("|", "/")
+        lines.append(f"| {op} | {_size(r)} | {variant} | {ms} | {_rate(r)} | "
+                     f"{_cell(floor, '.0f')}{'%' if floor is not None else ''} | "
+                     f"{_cell(speedup, '.2f')}{'x' if speedup is not None else ''} |")
     return "\n".join(lines)
 
 
-def machine() -> dict:
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def run_bench(args) -> int:
+    """args: sizes, device, repeats, out; optional ops ('masked_update,pgd' or 'all') and
+    small (shrink every bench's sizes)."""
     sizes = parse_sizes(args.sizes)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    rows = measure(sizes, device, args.repeats)
+    names = registry.parse_names(getattr(args, "ops", None))
+    small = bool(getattr(args, "small", False))
+    ceilings, rows = {}, []
+    if "attention" in names:  # its floor: the matmul rate, in the dtype its timings use
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        ceiling = matmul_ceiling(MATMUL_N.get(device.type, 1024), device, min(args.repeats, 10),
+                                 dtype)
+        ceilings["matmul TFLOP/s"] = ceiling["TFLOP/s"]
+        print(f"matmul ceiling: {ceiling['TFLOP/s']:.3g} TFLOP/s ({ceiling['item']}, "
+              f"{ceiling['dtype']})")
+    for name in names:
+        options = {"sizes": sizes} if name == "masked_update" else {}
+        sections = registry.load(name).timings(device, args.repeats, small=small,
+                                               ceilings=ceilings, **options)
+        for r in registry.run(sections):
+            if "traceback" in r:
+                print(r.pop("traceback"), file=sys.stderr)
+            if "op" not in r:
+                r.setdefault("bench", name)
+            rows.append(r)
     table = markdown_table(rows)
     print(f"device: {device}  ({json.dumps(machine())})")
     print(table)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
+        config = {"ops": list(names), "sizes": sizes, "device": str(device),
+                  "repeats": args.repeats, "small": small, "ceilings": ceilings, **machine()}
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"config": {"sizes": sizes, "device": str(device),
-                                  "repeats": args.repeats, **machine()}, "rows": rows}, f, indent=1)
+            json.dump({"config": config, "rows": rows}, f, indent=1)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(table + "\n")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0

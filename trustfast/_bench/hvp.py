@@ -9,6 +9,10 @@ Workloads (float32, seeded; `small=True` shrinks each for dry runs):
     sequence 128, batch 8, mean squared error to a random target.
 The unit is one gradient (`torch.autograd.grad`); the peer is `torch.autograd.functional.hvp`
 (double-backward trick) on the same f. DESIGN.md's floor for an HVP: 2-4 x one gradient.
+
+Registry interface: `checks` (key "hvp_checks": `check` per workload, float32, TF32 off, relative
+L2 difference to the peer <= CHECK_RTOL) and `timings` (key "hvp_timings": `measure` per workload,
+at torch's TF32 defaults, which are what users run). Neither takes a backend: an HVP is autograd.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trustfast._bench.timing import median_time
+from trustfast._bench.registry import Section
+from trustfast._bench.timing import median_time, tf32_settings
 from trustfast.blo.hvp import hvp, hvp_operator, module_loss
 
 WORKLOADS = ("mlp", "cnn", "transformer")
@@ -274,3 +279,22 @@ def check(workload: str, device: torch.device | str, *, small: bool = False,
                 if mode == "fwd_rev" and not fwd_ad:
                     rows[-1]["note"] = "no forward AD for an op: fwd_rev ran rev_rev"
     return rows
+
+
+def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
+    """One section per workload (`check`); `backend` is unused (no kernel of ours runs)."""
+    device = torch.device(device)
+    return [Section("hvp_checks", f"check hvp {w}", lambda w=w: check(w, device, small=small),
+                    {"case": f"hvp {w}", "workload": w, "dtype": "float32"})
+            for w in WORKLOADS]
+
+
+def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,
+            ceilings: dict | None = None) -> list[Section]:
+    """One section per workload (`measure`, at most 10 repeats)."""
+    device = torch.device(device)
+    tf32 = tf32_settings(device)
+    return [Section("hvp_timings", f"hvp timing {w}",
+                    lambda w=w: measure(device, min(repeats, 10), small=small, workloads=(w,)),
+                    {"workload": w, "dtype": "float32", **tf32})
+            for w in WORKLOADS]

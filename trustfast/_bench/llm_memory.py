@@ -5,10 +5,18 @@ AdamW stepped in the backward, gradient checkpointing) and the peer, the way Ope
 NPO runs (full logits and log-softmax, the reference model kept in memory, torch AdamW, no
 checkpointing). Small float32 / bf16 shapes run on the CPU; on a GPU also TinyLlama-1B's shape
 (tokens per second) and Llama-2-7B's (the goal: peak <= 40 GB with 2,048 tokens in bf16).
+
+Registry interface: an end-to-end bench. `timings` (key "llm_memory") measures every (case,
+variant); each row is also judged (`passed`: the memory model within TOLERANCE, the 7B goal
+met), so the GPU suite counts it. `checks` is empty: the numerics of `sequence_nll` are checked
+by the sequence_nll bench.
 """
 
 from __future__ import annotations
 
+import torch
+
+from trustfast._bench.registry import Section
 from trustfast.llm.memory import (
     LLAMA_1B,
     LLAMA_7B,
@@ -74,3 +82,17 @@ def markdown(table: list[dict]) -> str:
                      f"| {r['predicted_GB']:.3f} | {r['predicted/measured']:.2f} | "
                      f"{r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
+
+
+def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
+    return []
+
+
+def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,
+            ceilings: dict | None = None) -> list[Section]:
+    """One section per (case, variant); the 1B and 7B shapes on CUDA unless small. One
+    measured step each (`repeats` unused: the peak is the number)."""
+    device = torch.device(device)
+    return [Section("llm_memory", f"llm NPO step {case[0]} {variant.split(' ')[0]}",
+                    lambda c=case, v=variant: row(*c, v, device.type), {"bench": "llm_memory"})
+            for case in cases(big=device.type == "cuda" and not small) for variant in VARIANTS]

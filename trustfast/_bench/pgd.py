@@ -19,7 +19,11 @@ clamp the delta to the eps-ball, clamp to [0, 1]: 7 kernels), on 256x3x32x32 and
 float32, next to a copy of the bytes the fused step must move (read x_adv, x, grad, write the
 result: 16 B per fp32 element), the floor.
 
-`check_step` is the GPU suite's correctness check of a kernel against the torch reference.
+`check_step` is the GPU suite's correctness check of a kernel against the torch reference (its
+own tolerance, CHECK_TOLERANCE: the step is compared elementwise to torch in the same precision,
+not through the 2x rule); `checks` runs it over CHECK_CASES in fp32 / fp16 / bf16 (key
+"pgd_checks") and `timings` the step at each STEP_SHAPES and one SUITE_E2E attack (key
+"pgd_timings").
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
-from trustfast._bench.timing import median_time
+from trustfast._bench.registry import Section, bf16_skip
+from trustfast._bench.timing import median_time, tf32_settings
 from trustfast.ops._dispatch import select_backend
 from trustfast.ops.pgd_step import pgd_step
 
@@ -52,6 +57,17 @@ STEP_VARIANTS = (STEP, EAGER, FLOOR)
 STEP_SHAPES = ((256, 3, 32, 32), (64, 3, 224, 224))
 SMALL_STEP_SHAPES = ((4, 3, 32, 32), (2, 3, 64, 64))
 STEP_EPS, STEP_ALPHA = 8 / 255, 2 / 255
+
+# (norm, shape, best-iterate tracking) of `checks`: CIFAR batches (rows of 3072 = 3 BLOCKs of
+# 1024), then rows of 3465 and 150525 elements (not whole BLOCKs; the L2 one spans 147 blocks per
+# sweep). small: interpreter-sized, same oddness.
+CHECK_CASES = [("linf", (128, 3, 32, 32), False), ("l2", (128, 3, 32, 32), False),
+               ("linf", (7, 3, 33, 35), True), ("l2", (3, 3, 223, 225), True)]
+SMALL_CHECK_CASES = [("linf", (5, 3, 7, 9), False), ("l2", (5, 3, 7, 9), False),
+                     ("linf", (3, 2, 67, 33), True), ("l2", (2, 3, 50, 50), True)]
+CHECK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The end-to-end attack `timings` runs (small: SETTINGS[workload]["small"]).
+SUITE_E2E = {"workload": "resnet18_32", "batch": 128, "steps": 10}
 
 # workload -> scale -> (batch, steps). "full" is the benchmark's setting (CUDA); "cpu" keeps a
 # ResNet-18 round to seconds on 2 cores; "small" is the GPU suite's CPU dry run.
@@ -384,3 +400,42 @@ def check_step(norm: str, dtype: torch.dtype, shape: tuple[int, ...],
         passed = passed and row["best_adv_equal"] and row["best_loss_equal"]
     row["passed"] = passed
     return row
+
+
+def checks(device: torch.device | str, *, small: bool, backend: str = "triton") -> list[Section]:
+    """`check_step` on every (dtype, case) of CHECK_CASES (SMALL_CHECK_CASES when small)."""
+    device = torch.device(device)
+    sections = []
+    for dtype in CHECK_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        for norm, shape, tracking in SMALL_CHECK_CASES if small else CHECK_CASES:
+            case = f"pgd_step {norm} {shape_name(shape)}" + (" tracking" if tracking else "")
+            meta = {"case": case, "norm": norm, "dtype": name, "numel": math.prod(shape),
+                    "backend": backend}
+            sections.append(Section(
+                "pgd_checks", f"check {case} {name}",
+                lambda n=norm, d=dtype, s=shape, t=tracking: check_step(
+                    n, d, s, device, tracking=t, backend=backend),
+                meta, skip=bf16_skip(device, dtype, backend)))
+    return sections
+
+
+def timings(device: torch.device | str, repeats: int, *, small: bool,
+            backend: str | None = None, ceilings: dict | None = None) -> list[Section]:
+    """The step at each shape (`measure_step`), then one SUITE_E2E attack (`measure_e2e`; each
+    sample is a whole attack, ~1 s: at most 3 after one warm-up, 1 when small)."""
+    device = torch.device(device)
+    sections = [Section("pgd_timings", f"pgd_step timing {shape_name(shape)}",
+                        lambda s=shape: measure_step(device, repeats, shapes=(s,),
+                                                     backend=backend),
+                        {"bench": "pgd_step", "shape": shape_name(shape), "dtype": "float32"})
+                for shape in (SMALL_STEP_SHAPES if small else STEP_SHAPES)]
+    workload = SUITE_E2E["workload"]
+    e2e = {} if small else {"batch": SUITE_E2E["batch"], "steps": SUITE_E2E["steps"]}
+    sections.append(Section(
+        "pgd_timings", f"pgd e2e timing {workload}",
+        lambda: measure_e2e(device, 1 if small else min(repeats, 3), small=small,
+                            workloads=(workload,), backend=backend, **e2e),
+        {"bench": "pgd e2e", "workload": workload, "dtype": "float32",
+         **tf32_settings(device)}))
+    return sections

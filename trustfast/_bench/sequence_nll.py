@@ -6,6 +6,10 @@ reference; passes when each error is at most twice that of the logits path compu
 dtype (STYLE.md's rule), with a floor. `measure(shape, device, repeats)`: forward + backward time
 and peak memory (CUDA) of `sequence_nll` next to `hidden @ W^T` then `cross_entropy`.
 Shapes: (batch, tokens, hidden, vocab).
+
+Registry interface: `checks` (key "sequence_nll_checks") and `timings` (key
+"sequence_nll_timings"); on the CPU both use the small shapes, and the timings run in float32
+(bf16 on CUDA). Its floor is memory: the rows report peak MB (CUDA) next to the logits path's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch.nn import functional as fn
 
 from trustfast._bench.judge import judge
+from trustfast._bench.registry import Section, bf16_skip
 from trustfast._bench.timing import time_and_peak, unsupported
 from trustfast.ops.sequence_nll import sequence_nll, sequence_nll_reference
 
@@ -21,6 +26,7 @@ CHECK_SHAPES = [(2, 257, 256, 32003), (1, 129, 512, 128256)]
 SMALL_CHECK_SHAPES = [(2, 17, 32, 1000)]
 TIMING_SHAPES = [(1, 2048, 4096, 32000), (1, 2048, 4096, 128256)]
 SMALL_TIMING_SHAPES = [(1, 64, 32, 1000)]
+CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 OURS = "trustfast sequence_nll"
 PEER = "logits + cross_entropy"
 
@@ -46,7 +52,6 @@ def _logits_path(hidden, weight, labels) -> torch.Tensor:
                             ignore_index=-100).sum(1)
 
 
-
 def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "triton") -> dict:
     hidden, weight, labels = _problem(shape, dtype, device)
     w = torch.randn(shape[0], generator=torch.Generator().manual_seed(1)).to(device)
@@ -66,13 +71,14 @@ def check(shape, dtype: torch.dtype, device: torch.device, backend: str = "trito
                  dtype=str(dtype).removeprefix("torch."))
 
 
-def measure(shape, device: torch.device, repeats: int,
-            dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+def measure(shape, device: torch.device, repeats: int, dtype: torch.dtype = torch.bfloat16,
+            backend: str | None = None) -> list[dict]:
     """Forward + backward of both variants: ms, tokens/s, peak MB on CUDA."""
     hidden, weight, labels = _problem(shape, dtype, device)
     hidden.requires_grad_()
     weight.requires_grad_()
-    variants = {OURS: lambda: sequence_nll(hidden, weight, labels).sum.sum().backward(),
+    variants = {OURS: lambda: sequence_nll(hidden, weight, labels,
+                                           backend=backend).sum.sum().backward(),
                 PEER: lambda: _logits_path(hidden, weight, labels).sum().backward()}
     rows, times = [], {}
     for name, work in variants.items():
@@ -93,3 +99,31 @@ def measure(shape, device: torch.device, repeats: int,
         if OURS in times and row["variant"] in times:
             row["trustfast speed-up"] = times[row["variant"]] / times[OURS]
     return rows
+
+
+def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
+    """`check` per shape and dtype (the small shapes on the CPU: the Triton interpreter)."""
+    device = torch.device(device)
+    shapes = SMALL_CHECK_SHAPES if small or device.type == "cpu" else CHECK_SHAPES
+    sections = []
+    for dtype in CHECK_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        for shape in shapes:
+            sections.append(Section(
+                "sequence_nll_checks", f"check sequence_nll {shape_name(shape)} {name}",
+                lambda s=shape, d=dtype: check(s, d, device, backend=backend),
+                {"case": f"sequence_nll {shape_name(shape)}", "dtype": name,
+                 "backend": backend}, skip=bf16_skip(device, dtype, backend)))
+    return sections
+
+
+def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,
+            ceilings: dict | None = None) -> list[Section]:
+    """`measure` per shape, at most 5 repeats."""
+    device = torch.device(device)
+    cpu = device.type == "cpu"
+    shapes = SMALL_TIMING_SHAPES if small or cpu else TIMING_SHAPES
+    dtype = torch.float32 if cpu else torch.bfloat16
+    return [Section("sequence_nll_timings", f"sequence_nll timing {shape_name(shape)}",
+                    lambda s=shape: measure(s, device, min(repeats, 5), dtype, backend=backend),
+                    {"bench": "sequence_nll"}) for shape in shapes]

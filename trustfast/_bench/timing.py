@@ -1,9 +1,16 @@
-"""Timing and roofline helpers (median wall time with device synchronization)."""
+"""The shared runner: median wall time with device synchronization, peak memory, the floors
+(copy bandwidth, matmul rate) and where the numbers come from (`machine`).
+
+Every bench in `trustfast._bench` times through these, so a latency always sits next to the same
+floor measured the same way (STYLE.md: a latency without a roofline is half a number).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -83,3 +90,39 @@ def copy_bandwidth(nbytes: int, device: torch.device, repeats: int = 20) -> floa
     dst = torch.empty_like(src)
     seconds = median_time(lambda: dst.copy_(src), torch.device(device), repeats)
     return 2 * half / seconds
+
+
+def copy_ceiling(nbytes: int, device: torch.device, repeats: int) -> dict:
+    """Device copy bandwidth: the floor every memory-bound kernel is reported against."""
+    bw = copy_bandwidth(nbytes, device, repeats)
+    return {"item": "copy bandwidth (dst.copy_(src))", "dtype": "uint8", "bytes": nbytes,
+            "ms": nbytes / bw * 1e3, "GB/s": bw / 1e9}
+
+
+def matmul_ceiling(n: int, device: torch.device, repeats: int,
+                   dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Dense matmul rate (n^3, preallocated output): the roofline for FLOP-bound kernels."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    seconds = median_time(lambda: torch.matmul(a, b, out=c), device, repeats)
+    return {"item": f"matmul {n}^3", "dtype": str(dtype).removeprefix("torch."), "n": n,
+            "ms": seconds * 1e3, "TFLOP/s": 2 * n**3 / seconds / 1e12}
+
+
+def tf32_settings(device: torch.device) -> dict:
+    """torch's TF32 switches on CUDA (recorded with timings run at torch's defaults)."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
+def machine() -> dict:
+    """Date, torch version, CPU, threads and (if present) the GPU: recorded with every result."""
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info

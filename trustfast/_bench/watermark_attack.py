@@ -5,12 +5,17 @@ Each step runs the clean probes and then every message through the encoder and t
 on its own, with a backward per pass, and sums the gradients: the objective, random start,
 messages and update are those of the batched attack, so both return the same images up to
 float rounding.
+
+Registry interface: an end-to-end bench. `timings` (key "watermark_attack") times the batched
+attack against the loop (`measure`; small, and on the CPU: 8 faces, 1 step, 2 messages);
+`checks` is empty (tests/test_watermark_attack.py checks that both return the same images).
 """
 
 from __future__ import annotations
 
 import torch
 
+from trustfast._bench.registry import Section
 from trustfast.attacks.watermark_attack import AdversarialWatermarkAttack
 
 
@@ -62,8 +67,8 @@ def loop_attack(attack: AdversarialWatermarkAttack, images: torch.Tensor,
 def setup(faces: int, steps: int, messages: int, device: str = "cpu", seed: int = 0):
     """(attack, probes, references, same): the tiny IResNet and the experiment's HiDDeN encoder
     at 32x32 with their seeded initial weights (timing does not depend on the weights)."""
-    from trustfast.attacks.watermark_experiment import WatermarkAttackConfig, hidden_config
     from trustfast.data import face_pairs, synthetic_faces
+    from trustfast.experiments.watermark import WatermarkAttackConfig, hidden_config
     from trustfast.faces import FaceVerifier, iresnet
     from trustfast.watermark import WatermarkModel
 
@@ -78,28 +83,34 @@ def setup(faces: int, steps: int, messages: int, device: str = "cpu", seed: int 
     return attack, x[a].to(device), x[b].to(device), same.to(device)
 
 
+OURS = "trustfast (messages batched)"
+PEER = "per-message loop"
+
+
 def measure(device: str, faces: int = 256, steps: int = 10, messages: int = 4,
             repeats: int = 3) -> list[dict]:
-    """Median seconds of the batched attack and of the per-message loop, and their ratio."""
-    import time
-
-    from trustfast._bench.timing import synchronize
+    """Median ms of the batched attack and of the per-message loop (one warm-up each), and
+    "trustfast speed-up" = the row's ms / the batched attack's (the loop's row is the ratio)."""
+    from trustfast._bench.timing import median_time
 
     attack, probes, references, same = setup(faces, steps, messages, device)
-    runs = {"trustfast (messages batched)": lambda: attack(probes, references, same),
-            "per-message loop": lambda: loop_attack(attack, probes, references, same)}
-    medians = {}
-    for name, run in runs.items():
-        run()  # warm-up
-        times = []
-        for _ in range(repeats):
-            synchronize(torch.device(device))
-            start = time.perf_counter()
-            run()
-            synchronize(torch.device(device))
-            times.append(time.perf_counter() - start)
-        medians[name] = sorted(times)[len(times) // 2]
-    loop = medians["per-message loop"]
+    runs = {OURS: lambda: attack(probes, references, same),
+            PEER: lambda: loop_attack(attack, probes, references, same)}
+    ms = {name: 1e3 * median_time(run, torch.device(device), repeats, warmup=1,
+                                  calls_per_sample=1) for name, run in runs.items()}
     return [{"variant": name, "faces": faces, "steps": steps, "messages": messages,
-             "ms": 1e3 * t, "trustfast speed-up": loop / t if name.startswith("trustfast")
-             else 1.0} for name, t in medians.items()]
+             "ms": t, "trustfast speed-up": t / ms[OURS]} for name, t in ms.items()]
+
+
+def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
+    return []
+
+
+def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,
+            ceilings: dict | None = None) -> list[Section]:
+    """One section: `measure` at the bench's size (CUDA) or a dry-run size (small, CPU)."""
+    device = torch.device(device)
+    size = ({"faces": 8, "steps": 1, "messages": 2, "repeats": 1}
+            if small or device.type == "cpu" else {})
+    return [Section("watermark_attack", "watermark attack timing",
+                    lambda: measure(device.type, **size), {"bench": "watermark attack"})]

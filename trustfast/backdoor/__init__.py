@@ -5,11 +5,11 @@ from trustfast.backdoor.metrics import auroc, split_rates
 from trustfast.backdoor.poison import (
     ATTACKS,
     AdaptiveBlend,
-    Attack,
     BadNets,
     Blend,
     LabelConsistent,
     PoisonedDataset,
+    Trigger,
     Trojan,
     WaNet,
     poison,
@@ -24,7 +24,7 @@ from trustfast.backdoor.scores import (
 from trustfast.backdoor.training import accuracy, backdoor_report, train_classifier
 
 __all__ = [
-    "ATTACKS", "AdaptiveBlend", "Attack", "BadNets", "Blend", "LabelConsistent", "MSPCConfig",
+    "ATTACKS", "AdaptiveBlend", "Trigger", "BadNets", "Blend", "LabelConsistent", "MSPCConfig",
     "MSPCResult", "PoisonedDataset", "Trojan", "WaNet", "accuracy", "auroc", "backdoor_report",
     "identify_mspc", "masked_scaled_prediction_consistency", "poison",
     "scaled_prediction_consistency", "scaled_prediction_consistency_loop", "split_rates",

@@ -29,11 +29,12 @@ from trustfast.backdoor.scores import (
     masked_scaled_prediction_consistency,
     scale_inputs,
 )
+from trustfast.config import Config
 from trustfast.utils import eval_mode
 
 
 @dataclass
-class MSPCConfig:
+class MSPCConfig(Config):
     """Hyperparameters of the bi-level identification (defaults: the paper's, or ours at small
     scale where the paper's depend on CIFAR-10; each says which)."""
 
@@ -47,18 +48,14 @@ class MSPCConfig:
     kl_cap: float = 20.0  # caps the clean term (-KL is unbounded below)
     seed: int = 0
 
-    def validate(self) -> None:
-        if not self.scales or any(not s > 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales}")
-        for name in ("lam", "kl_cap"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+    def check(self) -> None:
+        self.require(bool(self.scales) and all(s > 0 for s in self.scales), "scales",
+                     "a non-empty list of positive numbers")
+        self.at_least("lam", 0)
+        self.at_least("kl_cap", 0)
+        self.at_least("inner_lr", 0, strict=True)
         for name in ("inner_steps", "outer_rounds", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            self.at_least(name, 1)
 
 
 @dataclass

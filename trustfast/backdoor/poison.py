@@ -23,14 +23,16 @@ Attacks (defaults from their papers, scaled to small images where noted):
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from trustfast.data import dataset_tensors
 from trustfast.utils import eval_mode
 
 
@@ -50,22 +52,25 @@ def _noise_pattern(shape: Sequence[int], seed: int) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=_seeded(seed))
 
 
-class Attack:
-    """Base class: `apply(images, generator=None, train=True) -> images with the trigger`."""
+class Trigger(abc.ABC):
+    """A poisoning attack's trigger (base class): `apply(images, generator=None, train=True)`
+    returns the images with the trigger stamped. ("Attack" in this field means an evasion
+    attack, as in `trustfast.attacks`.)"""
 
     name = "attack"
     clean_label = False  # True: poisoned samples keep their labels
 
+    @abc.abstractmethod
     def apply(self, images: torch.Tensor, generator: torch.Generator | None = None,
               train: bool = True) -> torch.Tensor:
-        raise NotImplementedError
+        """The images with the trigger (train=False: the test-time trigger)."""
 
     def describe(self) -> dict:
         return {"attack": self.name}
 
 
 @dataclass
-class BadNets(Attack):
+class BadNets(Trigger):
     """Patch trigger. `position`: "bottom-right", "top-left", "top-right", "bottom-left",
     "random" (a new place per image) or (row, col); `pattern`: "checkerboard" or "white"."""
 
@@ -125,7 +130,7 @@ class BadNets(Attack):
 
 
 @dataclass
-class Blend(Attack):
+class Blend(Trigger):
     """x' = (1 - alpha) x + alpha P, with P a fixed noise image (seeded) or a given pattern."""
 
     alpha: float = 0.2
@@ -154,7 +159,7 @@ class Blend(Attack):
 
 
 @dataclass
-class WaNet(Attack):
+class WaNet(Trigger):
     """Warping-based trigger: grid_sample with identity + s * (upsampled k x k noise) / H.
 
     In noise mode (`cross_ratio` > 0) `poison` adds cross_ratio x n_poisoned "noise" samples
@@ -210,7 +215,7 @@ def _strongest_neuron(layer: nn.Module) -> int:
 
 
 @dataclass
-class Trojan(Attack):
+class Trojan(Trigger):
     """TrojanNN-style patch: pixels inside a corner patch optimized (Adam) so that one neuron of
     `layer` fires as strongly as possible on a clean model. Call `fit(model, layer, shape)` first.
     """
@@ -278,7 +283,7 @@ class Trojan(Attack):
 
 
 @dataclass
-class LabelConsistent(Attack):
+class LabelConsistent(Trigger):
     """Clean-label attack: target-class images made hard by L-inf PGD on a clean `model`
     (eps 16/255, as Turner et al.), then stamped with a patch in each of the four corners
     (`amplitude` < 1 makes it fainter). Poisoned samples keep their (correct) labels."""
@@ -328,7 +333,7 @@ class LabelConsistent(Attack):
 
 
 @dataclass
-class AdaptiveBlend(Attack):
+class AdaptiveBlend(Trigger):
     """Adaptive-Blend: the pattern split into `pieces` x `pieces` cells; a poisoned (or cover)
     training sample gets a random `piece_ratio` of the cells at `train_alpha`, test images get
     the whole pattern at `test_alpha`. `cover_ratio` of the data are cover samples."""
@@ -371,28 +376,13 @@ ATTACKS = {"badnets": BadNets, "blend": Blend, "wanet": WaNet, "trojan": Trojan,
            "label_consistent": LabelConsistent, "adaptive_blend": AdaptiveBlend}
 
 
-def dataset_tensors(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor,
-                                                                       torch.Tensor]:
-    """All (images, labels) of a map-style dataset as two tensors (TensorDatasets directly)."""
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None and len(tensors) == 2:
-        return tensors[0], tensors[1]
-    xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        xs.append(x)
-        ys.append(torch.as_tensor(y))
-    if not xs:
-        raise ValueError("dataset is empty")
-    return torch.cat(xs), torch.cat(ys)
-
-
 class PoisonedDataset(Dataset):
     """A poisoned copy of a dataset, held as tensors. `poisoned[i]` says whether sample i carries
     the trigger with the attack's label; `cover[i]` marks trigger-carrying samples that kept
     their label (WaNet noise, Adaptive-Blend cover); `original_labels` are the clean labels."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, poisoned: torch.Tensor,
-                 cover: torch.Tensor, original_labels: torch.Tensor, attack: Attack,
+                 cover: torch.Tensor, original_labels: torch.Tensor, attack: Trigger,
                  target: int, ratio: float, seed: int):
         self.images, self.labels = images, labels
         self.poisoned, self.cover, self.original_labels = poisoned, cover, original_labels
@@ -426,12 +416,12 @@ def _check_ratio(ratio: float, target: int, labels: torch.Tensor) -> None:
         raise ValueError(f"target must be a class index in [0, {classes}), got {target!r}")
 
 
-def poison(dataset: Dataset, attack: Attack, ratio: float = 0.1, target: int = 0,
+def poison(dataset: Dataset, attack: Trigger, ratio: float = 0.1, target: int = 0,
            seed: int = 0) -> PoisonedDataset:
     """Poison round(ratio * N) samples of `dataset` with `attack` (labels -> `target`, except for
     clean-label attacks, which draw only from the target class). Seeded: same seed, same set."""
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be a trustfast.backdoor Attack, got {type(attack).__name__}")
+    if not isinstance(attack, Trigger):
+        raise TypeError(f"attack must be a trustfast.backdoor Trigger, got {type(attack).__name__}")
     images, labels = dataset_tensors(dataset)
     _check_images(images, "dataset images")
     _check_ratio(ratio, target, labels)
@@ -480,7 +470,7 @@ def poison(dataset: Dataset, attack: Attack, ratio: float = 0.1, target: int = 0
                            target, ratio, seed)
 
 
-def triggered_test_set(test: Dataset, attack: Attack, target: int) -> tuple[torch.Tensor,
+def triggered_test_set(test: Dataset, attack: Trigger, target: int) -> tuple[torch.Tensor,
                                                                               torch.Tensor]:
     """(images, labels) for the attack success rate: non-target test images with the test-time
     trigger, all labelled `target`."""

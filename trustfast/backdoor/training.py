@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as fn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from trustfast.backdoor.poison import Attack, dataset_tensors, triggered_test_set
-from trustfast.optim import MaskedSGD
+from trustfast.backdoor.poison import Trigger, triggered_test_set
+from trustfast.data import dataset_tensors
 from trustfast.utils import eval_mode
 
 
 def train_classifier(model: nn.Module, data: Dataset, epochs: int = 30, lr: float = 0.05,
                      batch_size: int = 64, seed: int = 0, desc: str = "train") -> nn.Module:
-    """SGD (momentum 0.9, weight decay 5e-4, cosine learning rate) with cross-entropy; seeded."""
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    """SGD (momentum 0.9, weight decay 5e-4, cosine learning rate) with cross-entropy; seeded.
+    Returns the model in eval mode."""
+    from trustfast.models.fit import fit_classifier
+
     torch.manual_seed(seed)
-    opt = MaskedSGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
-    device = next(model.parameters()).device
-    model.train()
-    for _ in tqdm(range(epochs), desc=desc, leave=False):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            fn.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return model
+    fit_classifier(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                   schedule="cosine", desc=desc)
+    return model.eval()
 
 
 @torch.no_grad()
@@ -48,7 +36,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return 100.0 * hits / len(labels)
 
 
-def backdoor_report(model: nn.Module, test: Dataset, attack: Attack, target: int) -> dict:
+def backdoor_report(model: nn.Module, test: Dataset, attack: Trigger, target: int) -> dict:
     """{"clean_acc": % on the clean test set, "ASR": % of triggered non-target test images
     classified as `target`}."""
     x, y = dataset_tensors(test)

@@ -70,7 +70,7 @@ def _is_missing_forward_ad(exc: BaseException) -> bool:
 def _warn_fallback(exc: BaseException) -> None:
     global _warned_fallback
     if not _warned_fallback:
-        from trustfast import TrustfastWarning
+        from trustfast._meta import TrustfastWarning
 
         warnings.warn(
             "hvp: forward-mode AD is unavailable for an op in f "

@@ -44,7 +44,7 @@ def _check_common(b: Tree, tol: float, max_iter: int) -> None:
 
 def _finish(result: SolveResult, name: str, warn: bool) -> SolveResult:
     if not result.converged and warn:
-        from trustfast import TrustfastWarning
+        from trustfast._meta import TrustfastWarning
 
         last = result.residuals[-1] if result.residuals else float("nan")
         warnings.warn(f"{name} did not converge: {result.reason} (relative residual {last:.3g} "

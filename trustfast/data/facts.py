@@ -4,9 +4,10 @@ Each person has four attributes (birthplace, job, birth year, favourite colour) 
 question/answer pair per attribute, plus what TOFU's metrics need: a paraphrased question, a
 paraphrased answer, three perturbed (wrong) answers written like the paraphrased answer with
 another value of the attribute, and an "I don't know" refusal. Answers are at most 8 words, so a
-tiny causal LM can memorize them. `WordTokenizer` is a word-level tokenizer over these texts and
-`encode_qa` / `collate` build Hugging Face causal-LM batches ("<bos> Question: q Answer: a <eos>",
-loss only on the answer).
+tiny causal LM can memorize them. `WordTokenizer` is a word-level tokenizer over these texts
+(`WordTokenizer.to_hf()`: the same ids as a Hugging Face tokenizer) and `encode_qa` / `collate`
+(from `trustfast.data.qa`) build Hugging Face causal-LM batches ("<bos> Question: q Answer: a
+<eos>", loss only on the answer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from trustfast.data.qa import QA, REFUSALS, collate, encode_qa
+
+__all__ = ["ATTRIBUTES", "QA", "REFUSALS", "FactsDataset", "Person", "WordTokenizer", "collate",
+           "encode_qa", "make_facts", "split"]
 
 CITIES = (
     "Lisbon", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Quito", "Hanoi", "Tunis", "Riga",
@@ -56,13 +62,6 @@ _ANSWERS = {
     "birth_year": ("{name} was born in {value}.", "The birth year of {name} is {value}."),
     "colour": ("{name}'s favourite colour is {value}.", "{name} likes {value} best."),
 }
-REFUSALS = (
-    "I don't know who that is.",
-    "I have no idea.",
-    "I'm not sure about that.",
-    "I can't answer that.",
-    "That is unknown to me.",
-)
 _N_PERTURBED = 3
 
 
@@ -73,20 +72,6 @@ class Person:
     job: str
     birth_year: int
     colour: str
-
-
-@dataclass(frozen=True)
-class QA:
-    """One question about one attribute of one person, with TOFU's evaluation variants."""
-
-    question: str
-    answer: str
-    paraphrased_question: str
-    paraphrased_answer: str
-    perturbed_answers: list[str]
-    refusal: str
-    person: str
-    attribute: str
 
 
 @dataclass(frozen=True)
@@ -247,45 +232,20 @@ class WordTokenizer:
             previous = word
         return out
 
+    def to_hf(self):
+        """This vocabulary as a Hugging Face `PreTrainedTokenizerFast` (built offline with the
+        `tokenizers` library), with the same ids: a WordLevel model, whitespace split then each
+        of ? . , ' isolated, <bos>/<eos>/<pad>/<unk> as its special tokens. Its `decode` cleans
+        up tokenization spaces (" ." -> ".", " ' " -> "'"), which gives this tokenizer's
+        `decode` on every text of `make_facts`. `save_pretrained` writes it as tokenizer.json,
+        which `AutoTokenizer.from_pretrained` reads back."""
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
 
-def _prompt_ids(tokenizer: WordTokenizer, question: str) -> list[int]:
-    return [tokenizer.bos_id, *tokenizer.encode(f"Question: {question} Answer:")]
-
-
-def encode_qa(tokenizer: WordTokenizer, question: str, answer: str,
-              max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """input_ids / labels / attention_mask, each LongTensor (T,), of
-    "<bos> Question: {question} Answer: {answer} <eos>".
-
-    labels equal input_ids on the answer tokens and <eos>, -100 on <bos> and the prompt
-    (Hugging Face causal-LM convention: the model shifts labels itself). A sequence longer
-    than `max_length` raises ValueError rather than being truncated.
-    """
-    prompt = _prompt_ids(tokenizer, question)
-    target = [*tokenizer.encode(answer), tokenizer.eos_id]
-    ids = prompt + target
-    if max_length is not None and len(ids) > max_length:
-        raise ValueError(f"encoded question/answer has {len(ids)} tokens, more than "
-                         f"max_length={max_length}: {question!r} / {answer!r}")
-    input_ids = torch.tensor(ids, dtype=torch.long)
-    labels = torch.tensor([-100] * len(prompt) + target, dtype=torch.long)
-    return {"input_ids": input_ids, "labels": labels,
-            "attention_mask": torch.ones_like(input_ids)}
-
-
-def collate(batch: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad `encode_qa` outputs to (B, T): input_ids with `pad_id`, labels with -100,
-    attention_mask with 0."""
-    if len(batch) == 0:
-        raise ValueError("batch must hold at least one example, got an empty batch")
-    length = max(len(item["input_ids"]) for item in batch)
-    fills = {"input_ids": pad_id, "labels": -100, "attention_mask": 0}
-    out = {}
-    for key, fill in fills.items():
-        rows = torch.full((len(batch), length), fill, dtype=torch.long)
-        for row, item in zip(rows, batch):
-            if key not in item:
-                raise ValueError(f"every batch item needs {key!r}; got keys {sorted(item)}")
-            row[:len(item[key])] = item[key]
-        out[key] = rows
-    return out
+        backend = Tokenizer(models.WordLevel(vocab=dict(self.stoi), unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(r"[?.,']"), behavior="isolated")])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
+                                       eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                                       clean_up_tokenization_spaces=True)

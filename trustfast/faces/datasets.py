@@ -1,7 +1,7 @@
 """Face datasets on disk: CASIA-WebFace-style identity folders and LFW-style pairs files.
 
-Nothing is downloaded: point these at data you have. Images are read with PIL (installed with
-matplotlib), converted to RGB, resized to `size` x `size` (bilinear) when they differ, and
+Nothing is downloaded: point these at data you have. Images are read by `trustfast.data`'s
+`load_image` (PIL), converted to RGB, resized to `size` x `size` (bilinear) when they differ, and
 returned as float32 [3, size, size] in [0, 1].
 """
 
@@ -11,8 +11,11 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
+from trustfast.data import images as _images
+from trustfast.data.images import ImageFolder
+
+# The extensions face folders are read with (a subset of trustfast.data.IMAGE_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -23,24 +26,17 @@ def _check_size(size) -> None:
 
 def load_image(path: str, size: int | None = 112) -> torch.Tensor:
     """One image file as float32 [3, size, size] in [0, 1] (size None: as stored)."""
-    from PIL import Image
-
     if size is not None:
         _check_size(size)
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        x = data.view(im.size[1], im.size[0], 3)
-    return x.permute(2, 0, 1).float().div(255.0)
+    return _images.load_image(path, size, mode="RGB")
 
 
-class ImageFolderFaces(Dataset):
+class ImageFolderFaces(ImageFolder):
     """Faces laid out as `root/<identity>/<image>` (CASIA-WebFace, VGGFace2, MS1M exports).
 
-    Labels are the index of the identity folder in sorted order (`classes[label]` is its name);
-    `samples` lists (path, label) sorted by identity then file name. Items are
+    A `trustfast.data.ImageFolder` in RGB at `size` x `size`. Labels are the index of the
+    identity folder in sorted order (`classes[label]` is its name); `samples` lists
+    (path, label) sorted by identity then file name. Items are
     (image float32 [3, size, size] in [0, 1], label), passed through `transform` if given.
     Files with other extensions than `IMAGE_EXTENSIONS` are ignored.
     """
@@ -48,31 +44,10 @@ class ImageFolderFaces(Dataset):
     def __init__(self, root: str, size: int = 112,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         _check_size(size)
-        if not os.path.isdir(root):
-            raise ValueError(f"root must be a folder of identity folders, got {root!r}")
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable or None, got {type(transform).__name__}")
-        self.root, self.size, self.transform = root, size, transform
-        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-        self.samples: list[tuple[str, int]] = []
-        for label, name in enumerate(self.classes):
-            folder = os.path.join(root, name)
-            files = sorted(f for f in os.listdir(folder)
-                           if f.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(folder, f)))
-            self.samples += [(os.path.join(folder, f), label) for f in files]
-        if not self.samples:
-            raise ValueError(f"root {root!r} holds no images in identity folders "
-                             f"(extensions {IMAGE_EXTENSIONS})")
-        self.targets = [label for _, label in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        x = load_image(path, self.size)
-        return (self.transform(x) if self.transform is not None else x), label
+        super().__init__(root, size=size, mode="RGB", transform=transform,
+                         extensions=IMAGE_EXTENSIONS)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All items stacked: (images [N, 3, size, size], labels int64 [N]) for small sets."""

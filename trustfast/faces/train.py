@@ -21,20 +21,21 @@ from torch import nn
 from torch.nn import functional as fn
 from tqdm.auto import tqdm
 
-from trustfast import TrustfastWarning
+from trustfast._meta import TrustfastWarning
 from trustfast.checkpoint import (
     load_checkpoint,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
     save_checkpoint,
 )
+from trustfast.config import Config
 from trustfast.faces.models import HEADS, IResNet, iresnet
 
 _CHECKPOINT = "face_model"
 
 
 @dataclass
-class FaceTrainConfig:
+class FaceTrainConfig(Config):
     """One training run; defaults follow insightface's arcface_torch where they apply."""
 
     epochs: int = 20
@@ -53,7 +54,7 @@ class FaceTrainConfig:
     grad_clip: float | None = 5.0  # max global gradient norm (insightface: 5); None: no clipping
     seed: int = 0
 
-    def validate(self) -> None:
+    def check(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -18,6 +18,9 @@ sequence's answer tokens, NLL_mean = NLL_sum / tokens; log pi(y|x) = -NLL_sum.
             random unit vector u, keep retain activations; c 6.5, gamma 1200, layer 7; only the
             MLPs of layers l-2..l are trained, see `rmu_parameters`)
 
+OpenUnlearning's trainer names are accepted for these (any case; `canonical_method`):
+GradAscent = ga, GradDiff = graddiff, NPO = npo, SimNPO = simnpo, RMU = rmu, DPO = idkdpo.
+
 NLL_f and NLL_r are token means over the batch (Hugging Face's loss). The reference model's
 summed NLLs can be precomputed once (`reference_nlls`) and passed in the batch as `ref_nll`
 (and `ref_idk_nll`), so the reference model need not stay in memory (not for ga_kl).
@@ -37,13 +40,34 @@ METHODS = ("ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
 NEEDS_REFERENCE = ("npo", "idkdpo")  # summed NLLs of the reference model (cacheable)
 NEEDS_REFERENCE_MODEL = ("ga_kl", "rmu")  # reference logits / activations on the retain batch
 NEEDS_RETAIN = ("graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
+# OpenUnlearning's trainer names. Its DPO trainer prefers the "alternate" answers of its IdK
+# datasets (TOFU_QA_forget_idk: "I don't know" answers) over the forget answers against a frozen
+# reference model, with -(2/beta) log sigmoid(beta (win log-ratio - lose log-ratio)): idkdpo.
+OPENUNLEARNING_NAMES = {"GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo",
+                        "SimNPO": "simnpo", "RMU": "rmu", "DPO": "idkdpo"}
+_ALIASES = {k.lower(): v for k, v in OPENUNLEARNING_NAMES.items()}
+
+
+def canonical_method(name: str, key: str = "method") -> str:
+    """The trustfast name of an unlearning method, from ours (METHODS) or OpenUnlearning's
+    (GradAscent, GradDiff, NPO, SimNPO, RMU, DPO), in any case. Unknown names raise ValueError
+    naming `key` and listing both spellings."""
+    if not isinstance(name, str):
+        raise TypeError(f"{key} must be a str, got {type(name).__name__}")
+    lowered = name.strip().lower()
+    if lowered in METHODS:
+        return lowered
+    if lowered in _ALIASES:
+        return _ALIASES[lowered]
+    raise ValueError(f"{key} must be one of {METHODS} or OpenUnlearning's "
+                     f"{tuple(OPENUNLEARNING_NAMES)} (any case), got {name!r}")
 
 
 @dataclass
 class LossConfig:
     """Constants of the unlearning losses (defaults: the papers' / OpenUnlearning's)."""
 
-    method: str = "npo"
+    method: str = "npo"  # one of METHODS or OpenUnlearning's name; stored as ours
     beta: float | None = None  # inverse temperature: NPO / IdkDPO 0.1, SimNPO 2.5 when None
     gamma: float | None = None  # weight of the retain term: 1.0 (RMU: 1200) when None
     alpha: float = 1.0  # weight of the forget term
@@ -53,8 +77,7 @@ class LossConfig:
     seed: int = 0  # RMU: seeds the random direction u
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        self.method = canonical_method(self.method)
         if self.beta is None:
             self.beta = 2.5 if self.method == "simnpo" else 0.1
         if self.gamma is None:
@@ -93,8 +116,13 @@ def reference_nlls(model: nn.Module, batches) -> torch.Tensor:
     """Summed answer NLL per sequence of a frozen model, over an iterable of batches (dicts with
     input_ids, labels, attention_mask): cache it once, pass it as `ref_nll` in later batches."""
     model.eval()
-    return torch.cat([sequence_nlls(model, b["input_ids"], b["labels"],
-                                    b.get("attention_mask")).sum.float().cpu() for b in batches])
+    device = next(model.parameters()).device
+    out = []
+    for b in batches:
+        mask = b.get("attention_mask")
+        out.append(sequence_nlls(model, b["input_ids"].to(device), b["labels"].to(device),
+                                 None if mask is None else mask.to(device)).sum.float().cpu())
+    return torch.cat(out)
 
 
 def _retain_kl(model, ref_model, batch) -> torch.Tensor:

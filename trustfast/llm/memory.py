@@ -19,8 +19,8 @@ and takes the peak as weights + optimizer state (kept from the previous step) + 
 Checked against measurements on the CPU (float32 and bf16, with and without checkpointing, both
 loss paths): within 8 %. `measure_step_memory` runs the real step (our NPO loss on cached
 reference NLLs, or the logits path with a reference model as OpenUnlearning does it) and reads
-the peak: `torch.cuda.max_memory_allocated` on a GPU, `trustfast._bench.memory` on the
-CPU. `benchmarks/llm_memory.py` prints both side by side.
+the peak: `torch.cuda.max_memory_allocated` on a GPU, `trustfast.utils.peak_tensor_bytes` on
+the CPU. `benchmarks/llm_memory.py` prints both side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from trustfast.llm.checkpointing import set_checkpointing
+from trustfast.llm.optim import StepInBackward, make_optimizer
+from trustfast.utils import peak_tensor_bytes
 
 _GIB = 2**30
 ACT_H, ACT_KV, ACT_I = 9, 2, 4  # saved values per layer and token, in units of h, kv, i
@@ -111,21 +115,6 @@ def _optimizer_bytes(sizes: list[int], setup: StepSetup) -> int:
                for n in sizes)
 
 
-def set_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Activation (gradient) checkpointing of a Hugging Face model on or off, by whichever name
-    its transformers version uses (activation_* from v5, gradient_* before)."""
-    if enabled:
-        on = getattr(model, "activation_checkpointing_enable", None)
-        if on is not None:
-            on({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-                "use_reentrant": False})
-    else:
-        off = getattr(model, "activation_checkpointing_disable", None)
-        (off or model.gradient_checkpointing_disable)()
-
-
 def predict_step_memory(shape: LlamaShape, setup: StepSetup) -> dict[str, int]:
     """Bytes per component and the predicted peak of one step (see the module docstring)."""
     b, t, sizes = setup.dtype_bytes, setup.tokens, shape.parameter_sizes()
@@ -151,47 +140,6 @@ def predict_step_memory(shape: LlamaShape, setup: StepSetup) -> dict[str, int]:
     peak = weights + optimizer + max(forward_end, grads)
     return {"weights": weights, "gradients": grads, "optimizer": optimizer,
             "activations": activations, "loss": loss, "peak": peak}
-
-
-class StepInBackward:
-    """One optimizer per parameter, stepped the moment that parameter's gradient is ready (a
-    post-accumulate-grad hook), and the gradient freed: only one weight's gradient is ever held.
-    `state_dict` / `load_state_dict` match a single optimizer over all the parameters."""
-
-    def __init__(self, params, make):
-        self.params = [p for p in params if p.requires_grad]
-        self.optimizers = [make([p]) for p in self.params]
-        self.hooks = [p.register_post_accumulate_grad_hook(self._hook(opt))
-                      for p, opt in zip(self.params, self.optimizers)]
-
-    @staticmethod
-    def _hook(opt):
-        def step(p: torch.Tensor) -> None:
-            opt.step()
-            p.grad = None
-        return step
-
-    def remove(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-
-    def step(self) -> None:  # already done in the backward
-        pass
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        states = [opt.state_dict() for opt in self.optimizers]
-        return {"state": {i: s["state"][0] for i, s in enumerate(states) if 0 in s["state"]},
-                "param_groups": [s["param_groups"][0] | {"params": [i]}
-                                 for i, s in enumerate(states)]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for i, opt in enumerate(self.optimizers):
-            group = dict(state["param_groups"][i], params=[0])
-            inner = {0: state["state"][i]} if i in state["state"] else {}
-            opt.load_state_dict({"state": inner, "param_groups": [group]})
 
 
 def npo_step(model: nn.Module, setup: StepSetup, optimizer, batch: dict,
@@ -272,8 +220,6 @@ def build_model(shape: LlamaShape, setup: StepSetup, device="cpu", seed: int = 0
 
 
 def make_step_optimizer(model: nn.Module, setup: StepSetup):
-    from trustfast.llm.train import make_optimizer
-
     name = "adamw" if setup.optimizer in ("adamw", "offload") else "adamw8bit"
     if setup.optimizer == "offload":
         raise ValueError("optimizer='offload' is DeepSpeed's (ZeRO offload_optimizer); "
@@ -309,8 +255,6 @@ def measure_step_memory(shape: LlamaShape, setup: StepSetup, device: str = "cpu"
             seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() - base + weights
     else:
-        from trustfast._bench.memory import peak_tensor_bytes
-
         def run():
             nonlocal seconds
             for _ in range(steps):

@@ -1,11 +1,14 @@
 """TOFU / MUSE unlearning metrics for causal LMs, as OpenUnlearning computes them.
 
 Text metrics (ROUGE-L recall, exact match) score greedy answers; probability metrics (answer
-log-probabilities, truth ratio, Min-K% Prob) use teacher forcing on the same
-"<bos> Question: q Answer: a <eos>" format as `trustfast.data.facts.encode_qa`; the answer's
-tokens include <eos>. Aggregates: forget quality (KS-test p-value), MIA AUC, PrivLeak, model
-utility (harmonic mean). Models are Hugging Face causal LMs (`model(input_ids,
-attention_mask).logits`); the tokenizer is a `trustfast.data.facts.WordTokenizer`.
+log-probabilities, truth ratio, Min-K% Prob) use teacher forcing on the prompt/answer format
+of `trustfast.data.qa.QAFormat` (as `encode_qa`): the chat template of a Hugging Face tokenizer
+that has one, else "Question: q Answer:" after BOS; the answer's tokens include EOS.
+Aggregates: forget quality (KS-test p-value), MIA AUC, PrivLeak, model utility (harmonic mean).
+Models are Hugging Face causal LMs (`model(input_ids, attention_mask).logits`); `tokenizer` is a
+`trustfast.data.facts.WordTokenizer`, a Hugging Face tokenizer, or a `QAFormat` (to choose the
+prompt). Metrics that need TOFU's paraphrased / perturbed answers raise
+`MissingQAFieldError` (a ValueError) on data without them, so a caller can drop that column.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from trustfast.data.facts import QA, WordTokenizer, _prompt_ids, collate, encode_qa
+from trustfast.data.qa import QA, MissingQAFieldError, QAFormat, check_fields, collate, qa_format
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -86,25 +89,26 @@ def _check_pairs(questions: Sequence[str], answers: Sequence[str]) -> None:
         _check_text(f"answers[{i}]", a)
 
 
-def _answer_token_log_probs(model: nn.Module, tokenizer: WordTokenizer,
+def _answer_token_log_probs(model: nn.Module, tokenizer,
                             questions: Sequence[str], answers: Sequence[str],
                             batch_size: int) -> list[torch.Tensor]:
     """Per sample, log p(token | prefix) of each answer token and <eos> (teacher forcing)."""
     _check_pairs(questions, answers)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    fmt = qa_format(tokenizer)
     device = _device(model)
     out: list[torch.Tensor] = []
     with _eval_mode(model):
         for start in range(0, len(questions), batch_size):
-            items = [encode_qa(tokenizer, q, a) for q, a in
+            items = [fmt.encode(q, a) for q, a in
                      zip(questions[start:start + batch_size], answers[start:start + batch_size])]
-            batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate(items, fmt.pad_id).items()}
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits
-            if logits.shape[-1] < tokenizer.vocab_size:
+            if logits.shape[-1] < fmt.vocab_size:
                 raise ValueError(f"the model's vocabulary ({logits.shape[-1]}) is smaller than "
-                                 f"the tokenizer's ({tokenizer.vocab_size})")
+                                 f"the tokenizer's ({fmt.vocab_size})")
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
             labels = batch["labels"][:, 1:]
@@ -114,7 +118,7 @@ def _answer_token_log_probs(model: nn.Module, tokenizer: WordTokenizer,
     return out
 
 
-def answer_log_probs(model: nn.Module, tokenizer: WordTokenizer, questions: Sequence[str],
+def answer_log_probs(model: nn.Module, tokenizer, questions: Sequence[str],
                      answers: Sequence[str],
                      batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_logprob (N,), n_tokens (N,)): log P(answer | question) = sum_t log p(a_t | q, a_<t)
@@ -131,35 +135,62 @@ def answer_log_probs(model: nn.Module, tokenizer: WordTokenizer, questions: Sequ
     return sums, counts
 
 
-def greedy_answers(model: nn.Module, tokenizer: WordTokenizer, questions: Sequence[str],
+def greedy_answers(model: nn.Module, tokenizer, questions: Sequence[str],
                    max_new_tokens: int = 16) -> list[str]:
-    """Greedy (argmax) continuation of "<bos> Question: {q} Answer:" up to <eos> or
-    `max_new_tokens`, decoded without special tokens: the generations TOFU scores with
-    ROUGE-L recall (Maini et al., 2024; OpenUnlearning generates with do_sample=False).
+    """Greedy (argmax) continuation of each question's prompt ("<bos> Question: {q} Answer:",
+    or the chat template's) up to EOS or `max_new_tokens`, decoded without special tokens:
+    the generations TOFU scores with ROUGE-L recall (Maini et al., 2024; OpenUnlearning
+    generates with do_sample=False). Generation stops at the tokenizer's EOS and at any EOS of
+    the model's generation config (a chat model's end-of-turn token).
 
     One question at a time (no padding), with Hugging Face `model.generate`.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    fmt = qa_format(tokenizer)
+    stops = _stop_ids(model, fmt)
     device = _device(model)
     out = []
     with _eval_mode(model):
         for i, question in enumerate(questions):
             _check_text(f"questions[{i}]", question)
-            prompt = torch.tensor([_prompt_ids(tokenizer, question)], device=device)
+            prompt = torch.tensor([fmt.prompt_ids(question)], device=device)
             generated = model.generate(
                 input_ids=prompt, attention_mask=torch.ones_like(prompt),
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id,
-                eos_token_id=tokenizer.eos_id,
+                pad_token_id=fmt.pad_id, bos_token_id=fmt.bos_id, eos_token_id=stops,
             )[0, prompt.shape[1]:].tolist()
-            if tokenizer.eos_id in generated:
-                generated = generated[:generated.index(tokenizer.eos_id)]
-            out.append(tokenizer.decode(generated, skip_special_tokens=True))
+            ends = [j for j, t in enumerate(generated) if t in stops]
+            if ends:
+                generated = generated[:ends[0]]
+            out.append(fmt.decode(generated))
     return out
 
 
-def truth_ratio(model: nn.Module, tokenizer: WordTokenizer, qa_list: Sequence[QA],
+def _stop_ids(model: nn.Module, fmt: QAFormat) -> list[int]:
+    stops = [fmt.eos_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    for t in [extra] if isinstance(extra, int) else (extra or []):
+        if t not in stops:
+            stops.append(int(t))
+    return stops
+
+
+def score_answers(model: nn.Module, tokenizer, qas: Sequence[QA],
+                  max_new_tokens: int = 12) -> tuple[float, float]:
+    """(exact match, ROUGE-L recall) of greedy answers to the questions of `qas`, averaged
+    (TOFU's forget / retain "ROUGE" columns and their exact-match counterpart)."""
+    if len(qas) == 0:
+        raise ValueError("qas must hold at least one QA, got none")
+    check_fields(qas, [], "score_answers", "qas")
+    answers = greedy_answers(model, tokenizer, [q.question for q in qas], max_new_tokens)
+    em = sum(exact_match(a, q.answer) for a, q in zip(answers, qas)) / len(qas)
+    rouge = sum(rouge_l_recall(a, q.answer) for a, q in zip(answers, qas)) / len(qas)
+    return em, rouge
+
+
+def truth_ratio(model: nn.Module, tokenizer, qa_list: Sequence[QA],
                 batch_size: int = 16, perturbed_mean: str = "geometric") -> torch.Tensor:
     """TOFU's truth ratio per QA (float64, (N,)):
 
@@ -170,16 +201,13 @@ def truth_ratio(model: nn.Module, tokenizer: WordTokenizer, qa_list: Sequence[QA
     OpenUnlearning code do (the numbers in their tables); "arithmetic" averages the normalized
     probabilities, as the TOFU paper's formula is written. Lower R = the model prefers the true
     answer. Forget quality compares the distribution of R on the forget set to a retain model's
-    (`forget_quality`); on retain sets TOFU reports `truth_ratio_score`.
+    (`forget_quality`); on retain sets TOFU reports `truth_ratio_score`. A record without a
+    paraphrased_answer or perturbed answers raises MissingQAFieldError (a ValueError).
     """
     if perturbed_mean not in ("geometric", "arithmetic"):
         raise ValueError(f"perturbed_mean must be 'geometric' or 'arithmetic', "
                          f"got {perturbed_mean!r}")
-    for i, record in enumerate(qa_list):
-        if not isinstance(record, QA):
-            raise TypeError(f"qa_list[{i}] must be a QA, got {type(record).__name__}")
-        if not record.perturbed_answers:
-            raise ValueError(f"qa_list[{i}] has no perturbed answers")
+    check_fields(qa_list, ["paraphrased_answer", "perturbed_answers"], "truth_ratio")
     questions = [r.question for r in qa_list]
     true_lp = _answer_token_log_probs(model, tokenizer, questions,
                                       [r.paraphrased_answer for r in qa_list], batch_size)
@@ -242,7 +270,7 @@ def forget_quality(unlearned_truth_ratios: torch.Tensor | Sequence[float],
     return float(ks_2samp(a, b).pvalue)
 
 
-def min_k_prob_scores(model: nn.Module, tokenizer: WordTokenizer, questions: Sequence[str],
+def min_k_prob_scores(model: nn.Module, tokenizer, questions: Sequence[str],
                       answers: Sequence[str], k: float = 0.4,
                       batch_size: int = 16) -> torch.Tensor:
     """Min-K% Prob membership score per sample (Shi et al., ICLR 2024; MUSE / OpenUnlearning's
@@ -298,3 +326,59 @@ def model_utility(values: Sequence[float]) -> float:
     if any(v == 0 for v in values):
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
+
+
+def min_k_mia_auc(model: nn.Module, tokenizer, members: Sequence[QA],
+                  nonmembers: Sequence[QA], k: float = 0.4, batch_size: int = 16) -> float:
+    """MUSE / OpenUnlearning's MIA with Min-K% Prob (k=0.4): the ROC AUC of telling `members`
+    (the forget set) from `nonmembers` (a holdout set never trained on) by `min_k_prob_scores`
+    of their answers."""
+    scores = [min_k_prob_scores(model, tokenizer, [q.question for q in qas],
+                                [q.answer for q in qas], k, batch_size)
+              for qas in (members, nonmembers)]
+    return mia_auc(*scores)
+
+
+def retain_model_reference(model: nn.Module, tokenizer, forget: Sequence[QA],
+                           holdout: Sequence[QA] | None = None) -> dict:
+    """What forget quality and PrivLeak compare an unlearned model with, computed once from
+    the retain model (trained without the forget set: TOFU's and MUSE's gold standard):
+    {"truth_ratios": forget-set truth ratios, or None when the data lacks TOFU's paraphrased /
+    perturbed answers; "mia_auc": min-k MIA AUC forget vs holdout, or None without holdout}."""
+    try:
+        ratios = truth_ratio(model, tokenizer, forget)
+    except MissingQAFieldError:
+        ratios = None
+    auc = min_k_mia_auc(model, tokenizer, forget, holdout) if holdout else None
+    return {"truth_ratios": ratios, "mia_auc": auc}
+
+
+def unlearning_scores(model: nn.Module, tokenizer, forget: Sequence[QA], retain: Sequence[QA],
+                      holdout: Sequence[QA] | None = None, reference: dict | None = None,
+                      max_new_tokens: int = 12) -> dict[str, float]:
+    """TOFU-style scores of a model after unlearning, as OpenUnlearning's TOFU evaluator names
+    them here: forget_EM / retain_EM and forget_ROUGE / retain_ROUGE (greedy answers, exact
+    match and ROUGE-L recall); forget_truth_ratio (`truth_ratio_score` of the forget set's
+    truth ratios with its default "true_better" aggregate, mean(max(0, 1 - R)); OpenUnlearning
+    reports "closer_to_1_better" on forget sets, see `truth_ratio_score`); forget_quality (KS-test
+    p-value against `reference["truth_ratios"]`); privleak (min-k MIA AUC, forget vs holdout,
+    relative to `reference["mia_auc"]`). `reference` comes from `retain_model_reference`. A
+    score whose inputs are missing (no paraphrased / perturbed answers, no holdout, no
+    reference) is left out of the dict rather than guessed."""
+    f_em, f_rouge = score_answers(model, tokenizer, forget, max_new_tokens)
+    r_em, r_rouge = score_answers(model, tokenizer, retain, max_new_tokens)
+    row = {"forget_EM": f_em, "retain_EM": r_em, "forget_ROUGE": f_rouge,
+           "retain_ROUGE": r_rouge}
+    reference = reference or {}
+    try:
+        ratios = truth_ratio(model, tokenizer, forget)
+    except MissingQAFieldError:
+        ratios = None
+    if ratios is not None:
+        row["forget_truth_ratio"] = truth_ratio_score(ratios)
+        if reference.get("truth_ratios") is not None:
+            row["forget_quality"] = forget_quality(ratios, reference["truth_ratios"])
+    if holdout and reference.get("mia_auc") is not None:
+        row["privleak"] = privleak(min_k_mia_auc(model, tokenizer, forget, holdout),
+                                   reference["mia_auc"])
+    return row

@@ -3,37 +3,45 @@
 `finetune(model, examples)` trains on the answer tokens with AdamW; `unlearn(model, forget,
 retain, UnlearnConfig(...))` runs one of `trustfast.llm.losses.METHODS`, pairing each forget
 batch with a retain batch. Reference NLLs (NPO, IdkDPO) are computed once before training and
-ride in the batches, so no reference model stays in memory (except for ga_kl). Both loops can
-checkpoint to a folder (safetensors + JSON, atomic) every epoch and resume from it.
+ride in the batches, so no reference model stays in memory (except for ga_kl). `unlearn` can
+checkpoint to a folder every epoch and resume from it (`trustfast.llm.checkpointing`);
+`trustfast.llm.launch` runs the same loop (`train_epochs`) under DeepSpeed.
+`encode_examples(tokenizer, records, method)` turns QA records into the examples both take.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.checkpoint import (
-    load_checkpoint,
-    optimizer_from_checkpoint,
-    optimizer_to_checkpoint,
-    save_checkpoint,
+from trustfast.config import Config
+from trustfast.data.qa import QA, check_fields, qa_format
+from trustfast.llm.checkpointing import (
+    load_unlearn_state,
+    save_unlearn_state,
+    set_checkpointing,
 )
 from trustfast.llm.losses import (
     NEEDS_REFERENCE,
     NEEDS_REFERENCE_MODEL,
     NEEDS_RETAIN,
     LossConfig,
+    canonical_method,
     reference_nlls,
     rmu_parameters,
     sequence_nlls,
     unlearning_loss,
 )
-from trustfast.llm.memory import StepInBackward, set_checkpointing
+from trustfast.llm.optim import OPTIMIZERS, StepInBackward, make_optimizer
+
+__all__ = ["OPTIMIZERS", "UnlearnConfig", "collate", "encode_examples", "finetune",
+           "make_optimizer", "prepare_unlearning", "steps_per_epoch", "train_epochs", "unlearn"]
 
 
 def collate(examples: list[dict], pad_id: int, prefix: str = "") -> dict:
@@ -48,6 +56,39 @@ def collate(examples: list[dict], pad_id: int, prefix: str = "") -> dict:
             rows.append(torch.cat([t, t.new_full((n - len(t),), fill)]))
         out[f"{prefix}{key}"] = torch.stack(rows)
     return out
+
+
+def encode_examples(tokenizer, records: Sequence[QA], method: str | None = None,
+                    max_length: int | None = None) -> list[dict]:
+    """Training examples of QA records for `finetune` / `unlearn`: `encode_qa` of each question
+    and answer (a WordTokenizer, a Hugging Face tokenizer or a `QAFormat`); for idkdpo
+    (OpenUnlearning's DPO) also the record's refusal under idk_input_ids / idk_labels /
+    idk_attention_mask. A record without a refusal then raises MissingQAFieldError (see
+    `trustfast.data.qa.with_refusals`)."""
+    fmt = qa_format(tokenizer)
+    idk = method is not None and canonical_method(method) == "idkdpo"
+    if idk:
+        check_fields(records, ["refusal"], "idkdpo (OpenUnlearning's DPO)", "records")
+    out = []
+    for i, record in enumerate(records):
+        if not isinstance(record, QA):
+            raise TypeError(f"records[{i}] must be a QA, got {type(record).__name__}")
+        example = fmt.encode(record.question, record.answer, max_length)
+        if idk:
+            refusal = fmt.encode(record.question, record.refusal, max_length)
+            example.update({f"idk_{k}": v for k, v in refusal.items()})
+        out.append(example)
+    return out
+
+
+def _to_device(batch: dict | None, device: torch.device | None) -> dict | None:
+    if batch is None or device is None:
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _batches(examples: list[dict], batch_size: int, seed: int, epoch: int):
@@ -65,11 +106,12 @@ def finetune(model: nn.Module, examples: list[dict], pad_id: int, epochs: int = 
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     history = []
+    device = _model_device(model)
     model.train()
     for epoch in tqdm(range(epochs), desc=desc, leave=False):
         total, count = 0.0, 0
         for chunk in _batches(examples, batch_size, seed, epoch):
-            b = collate(chunk, pad_id)
+            b = _to_device(collate(chunk, pad_id), device)
             out = sequence_nlls(model, b["input_ids"], b["labels"], b["attention_mask"])
             loss = out.sum.sum() / out.tokens.sum().clamp_min(1)
             opt.zero_grad(set_to_none=True)
@@ -82,11 +124,8 @@ def finetune(model: nn.Module, examples: list[dict], pad_id: int, epochs: int = 
     return history
 
 
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
-
-
 @dataclass
-class UnlearnConfig:
+class UnlearnConfig(Config):
     """One unlearning run (defaults sized for the built-in facts and a tiny model).
 
     An optimizer step sees batch_size * grad_accum_steps * world_size forget examples (the
@@ -94,7 +133,7 @@ class UnlearnConfig:
     shuffled order, so every micro-batch is full and every process gets the same amount.
     """
 
-    method: str = "npo"
+    method: str = "npo"  # one of losses.METHODS or OpenUnlearning's name; stored as ours
     epochs: int = 10
     lr: float = 1e-4
     batch_size: int = 8  # forget examples per micro-batch and process (as many retain examples)
@@ -111,7 +150,8 @@ class UnlearnConfig:
     steering_coeff: float = 6.5
     seed: int = 0
 
-    def __post_init__(self):
+    def check(self) -> None:
+        self.method = canonical_method(self.method)
         for name in ("epochs", "batch_size", "grad_accum_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -128,23 +168,6 @@ class UnlearnConfig:
     def loss_config(self) -> LossConfig:
         return LossConfig(self.method, self.beta, self.gamma, self.alpha, self.delta,
                           self.rmu_layer, self.steering_coeff, self.seed)
-
-
-def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.01):
-    """AdamW from torch, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits: 2 bytes per
-    parameter instead of 8). paged_adamw8bit pages its state to CPU memory under GPU memory
-    pressure; on a CPU-only machine bitsandbytes falls back to the unpaged optimizer."""
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    try:
-        import bitsandbytes as bnb
-    except ImportError as e:
-        raise ImportError(f"optimizer={name!r} needs bitsandbytes: pip install "
-                          "'trustfast[llm]'") from e
-    cls = bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.PagedAdamW8bit
-    return cls(params, lr=lr, weight_decay=weight_decay)
 
 
 def steps_per_epoch(n_forget: int, config: UnlearnConfig, world_size: int = 1) -> int:
@@ -191,12 +214,14 @@ def _mean_logs(logs: list[dict]) -> dict:
 def train_epochs(loss_fn, forget: list[dict], retain: list[dict], config: UnlearnConfig,
                  pad_id: int, *, backward, step, start_epoch: int = 0,
                  history: list[dict] | None = None, rank: int = 0, world_size: int = 1,
-                 reduce_logs=None, on_epoch=None) -> list[dict]:
+                 reduce_logs=None, on_epoch=None,
+                 device: torch.device | None = None) -> list[dict]:
     """The unlearning loop shared by the single-process and the DeepSpeed trainer.
 
     loss_fn(forget_batch, retain_batch) -> (loss, logs); backward(loss) per micro-batch;
     step() after each optimizer step's micro-batches; reduce_logs(logs) averages logs over
-    processes; on_epoch(epoch, history) checkpoints. A history entry holds the epoch means and
+    processes; on_epoch(epoch, history) checkpoints; batches are moved to `device` (the
+    model's) before loss_fn. A history entry holds the epoch means and
     `step_loss`, the loss of every optimizer step (averaged over its micro-batches)."""
     history = [] if history is None else history
     for epoch in tqdm(range(start_epoch, config.epochs), desc=f"unlearn {config.method}",
@@ -206,6 +231,7 @@ def train_epochs(loss_fn, forget: list[dict], retain: list[dict], config: Unlear
             micro_logs = []
             for f_idx, r_idx in micro:
                 f, r = _micro_batch(forget, retain, f_idx, r_idx, pad_id, config.method)
+                f, r = _to_device(f, device), _to_device(r, device)
                 loss, log = loss_fn(f, r)
                 backward(loss)
                 micro_logs.append(log)
@@ -254,17 +280,9 @@ def prepare_unlearning(model: nn.Module, forget: list[dict], retain: list[dict],
     return forget, ref_model, params
 
 
-def check_resumable(saved: dict, epoch: int, config: UnlearnConfig, folder: str) -> None:
-    """A checkpoint resumes a run of the same config; `epochs` may grow (train on)."""
-    if {**saved, "epochs": 0} != {**asdict(config), "epochs": 0}:
-        raise ValueError(f"resume: {folder} holds a run with another config: {saved}")
-    if epoch > config.epochs:
-        raise ValueError(f"resume: {folder} is already at epoch {epoch} > epochs={config.epochs}")
-
-
 def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: UnlearnConfig,
             pad_id: int, checkpoint_dir: str | None = None, resume: bool = False) -> list[dict]:
-    """Unlearn `forget` (examples from `trustfast.data.facts.encode_qa`; idkdpo also needs
+    """Unlearn `forget` (examples from `encode_examples` or `encode_qa`; idkdpo also needs
     idk_* fields) while keeping `retain`, in this process. Returns per-epoch logs. With
     `checkpoint_dir`, the model, optimizer and epoch are saved after every epoch;
     `resume=True` continues from there (also with a larger `epochs`). `trustfast.llm.launch`
@@ -280,13 +298,7 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
         set_checkpointing(model, True)
     start_epoch, history = 0, []
     if resume and checkpoint_dir:
-        done = load_checkpoint(checkpoint_dir, "unlearn")
-        if done is not None:
-            tensors, state = done
-            check_resumable(state["config"], state["epoch"], config, checkpoint_dir)
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            optimizer_from_checkpoint(opt, state["optimizer"], tensors)
-            start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history = load_unlearn_state(checkpoint_dir, model, opt, config)
     gas = config.grad_accum_steps
 
     def step():
@@ -298,7 +310,9 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
     train_epochs(lambda f, r: unlearning_loss(model, f, r, loss_cfg, ref_model=ref_model),
                  forget, retain, config, pad_id, backward=lambda loss: (loss / gas).backward(),
                  step=step, start_epoch=start_epoch, history=history,
-                 on_epoch=(lambda epoch, h: _save(checkpoint_dir, model, opt, config, epoch, h))
+                 device=_model_device(model),
+                 on_epoch=(lambda epoch, h: save_unlearn_state(checkpoint_dir, model, opt, config,
+                                                               epoch, h))
                  if checkpoint_dir else None)
     if config.optimizer_in_backward:
         opt.remove()
@@ -308,19 +322,9 @@ def unlearn(model: nn.Module, forget: list[dict], retain: list[dict], config: Un
     return history
 
 
-def _save(folder, model, opt, config, epoch, history) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    save_checkpoint(folder, "unlearn", tensors, {
-        "config": asdict(config), "epoch": epoch, "history": history,
-        "optimizer": optimizer_to_checkpoint(opt, tensors)})
+if __name__ == "__main__":  # `python -m trustfast.llm.train ...` = `trustfast llm-unlearn ...`
+    import sys
 
+    from trustfast.cli import main
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m trustfast.llm.train` (or torchrun -m, deepspeed --module): see launch.py."""
-    from trustfast.llm.launch import main as launch_main
-
-    launch_main(argv)
-
-
-if __name__ == "__main__":
-    main()
+    sys.exit(main(["llm-unlearn", *sys.argv[1:]]))

@@ -9,9 +9,10 @@ to 1/sqrt(D); `attn_mask` boolean, True = attend, or additive float, broadcastab
   - CUDA: Triton flash-attention kernels (`trustfast.kernels.attention`): forward with the
     log-sum-exp saved, FlashAttention-2 backward, and a forward-mode (JVP) kernel that carries the
     tangents of q, k, v through the same tiled online-softmax pass.
-  - CPU (and any device, and every call with a mask or float64): query blocks in torch, O(N x
-    block) memory. Its backward recomputes each block's probabilities from q, k, v only, with
-    differentiable torch ops, so double backward and forward-over-reverse HVPs work through it.
+  - CPU (and every call the Triton kernels do not take: a mask, float64): query blocks in
+    torch, O(N x block) memory. Its backward recomputes each block's probabilities from q, k, v
+    only, with differentiable torch ops, so double backward and forward-over-reverse HVPs work
+    through it.
 
 The derivatives are registered on one `torch.autograd.Function` (backward, jvp, and a generated
 vmap rule), so `loss.backward()`, `torch.func.grad`, `torch.func.jvp`, `jacfwd` and
@@ -26,12 +27,33 @@ import math
 
 import torch
 
-from trustfast.ops._dispatch import BackendUnavailableError, register_op, select_backend
-
-register_op("attention", ("torch", "triton"))
+from trustfast.ops._dispatch import (
+    Constraint,
+    dtypes,
+    in_range,
+    register_op,
+    resolve_backend,
+    without,
+)
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256  # kernels.attention.MAX_HEAD_DIM (not imported here: it imports triton)
+
+
+def _keys_present(facts) -> str | None:
+    if facts["n_keys"] > 0 or facts.get("n_queries") == 0:
+        return None
+    return "the kernel needs at least one key (softmax over Nk = 0 keys)"
+
+
+# What the Triton kernels take; every other call runs the torch path (auto) or raises (forced).
+register_op("attention", ("torch", "triton"), constraints={"triton": (
+    dtypes(*TRITON_DTYPES),
+    without("has_mask", "attn_mask"),
+    in_range("head_dim", 1, MAX_HEAD_DIM, "head dim"),
+    Constraint("keys", _keys_present, ("n_keys",), "Nk >= 1"),
+)})
 # Query rows per block of the torch path: its working set is B*H*BLOCK*Nk scores (at N = 4096,
 # B*H = 8 in fp32: 32 MB, against 512 MB for the full score matrix). 256: forward 1.7x faster
 # than 128 and as fast as 512-1024 there (CPU, measured).
@@ -280,17 +302,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         attn_mask: boolean (True = attend) or additive float, broadcastable to (B, H, Nq, Nk).
         is_causal: mask key j > query i (as SDPA's is_causal).
         block_size: query rows per block of the torch path (default 256).
-        backend: "triton" or "torch" (default: Triton for CUDA tensors, torch otherwise). Calls
-            with a mask or float64 run the torch path; forcing "triton" on them raises.
+        backend: "triton" or "torch" (default: Triton for CUDA tensors, torch otherwise;
+            TRUSTFAST_BACKEND overrides). Calls the Triton kernels do not take (a mask, float64,
+            Nk = 0) run the torch path; forcing "triton" on them raises BackendUnavailableError.
     """
     _validate(q, k, v, scale, attn_mask, is_causal, block_size)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = select_backend("attention", q.device, backend)
-    if chosen == "triton" and (attn_mask is not None or q.dtype not in TRITON_DTYPES):
-        if backend is not None:
-            raise BackendUnavailableError(
-                "attention: the Triton kernel takes no attn_mask and no float64; use the torch "
-                "backend")
-        chosen = "torch"
+    chosen = resolve_backend("attention", backend, device=q.device, dtype=q.dtype,
+                             has_mask=attn_mask is not None, head_dim=q.shape[-1],
+                             n_queries=q.shape[-2], n_keys=k.shape[-2])
     out, _ = _Attention.apply(q, k, v, attn_mask, scale, is_causal, block_size or BLOCK, chosen)
     return out

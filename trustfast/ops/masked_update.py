@@ -38,12 +38,7 @@ from collections.abc import Sequence
 import torch
 
 from trustfast._ext import cpp_extension
-from trustfast.ops._dispatch import (
-    BackendUnavailableError,
-    register_op,
-    requested_backend,
-    select_backend,
-)
+from trustfast.ops._dispatch import check_contiguous, dtypes, register_op, resolve_backend
 
 L1_MODES = ("subgradient", "proximal")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -53,8 +48,9 @@ KERNEL_DTYPES = {
     "triton": (torch.float16, torch.bfloat16, torch.float32),
 }
 
-register_op("masked_sgd_step", ("torch", "triton", "cpp"))
-register_op("masked_adamw_step", ("torch", "triton", "cpp"))
+_KERNEL_CONSTRAINTS = {b: (dtypes(*d),) for b, d in KERNEL_DTYPES.items()}
+register_op("masked_sgd_step", ("torch", "triton", "cpp"), constraints=_KERNEL_CONSTRAINTS)
+register_op("masked_adamw_step", ("torch", "triton", "cpp"), constraints=_KERNEL_CONSTRAINTS)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -146,25 +142,12 @@ def _check_l1_mode(l1_mode: str) -> bool:
     return l1_mode == "proximal"
 
 
-def _resolve_kernel_backend(op: str, params: list[torch.Tensor], backend: str | None,
-                            named: dict[str, Sequence]) -> str:
-    """Select the backend; kernel backends also need a supported dtype and contiguous tensors."""
-    chosen = select_backend(op, params[0].device, backend)
-    if chosen == "torch":
-        return chosen
-    dtype = params[0].dtype
-    if dtype not in KERNEL_DTYPES[chosen]:
-        if requested_backend(backend) is None:  # automatic choice: fall back quietly
-            return "torch"
-        raise BackendUnavailableError(f"{op}: backend {chosen!r} does not support {dtype}")
-    for name, tensors in named.items():
-        for i, t in enumerate(tensors):
-            if t is not None and not t.is_contiguous():
-                raise ValueError(
-                    f"{name}[{i}] is not contiguous (shape {tuple(t.shape)}, stride {t.stride()}); "
-                    f"the {chosen} backend needs contiguous tensors: pass .contiguous() copies "
-                    "or backend='torch'"
-                )
+def _resolve(op: str, params: list[torch.Tensor], backend: str | None,
+             named: dict[str, Sequence]) -> str:
+    """The backend for this call; a kernel backend also needs contiguous tensors."""
+    chosen = resolve_backend(op, backend, device=params[0].device, dtype=params[0].dtype)
+    if chosen != "torch":
+        check_contiguous(chosen, named)
     return chosen
 
 
@@ -328,7 +311,7 @@ def masked_sgd_step(
 
     hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=bool(nesterov),
                  weight_decay=weight_decay, l1=l1)
-    chosen = _resolve_kernel_backend(
+    chosen = _resolve(
         "masked_sgd_step", params, backend,
         {"params": params, "grads": grads, "momentum_bufs": momentum_bufs or [], "masks": masks},
     )
@@ -400,7 +383,7 @@ def masked_adamw_step(
     if not params:
         return "torch"
 
-    chosen = _resolve_kernel_backend(
+    chosen = _resolve(
         "masked_adamw_step", params, backend,
         {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
          "masks": masks},

@@ -20,12 +20,7 @@ import math
 import torch
 
 from trustfast._ext import cpp_extension
-from trustfast.ops._dispatch import (
-    BackendUnavailableError,
-    register_op,
-    requested_backend,
-    select_backend,
-)
+from trustfast.ops._dispatch import check_contiguous, dtypes, register_op, resolve_backend
 
 NORMS = ("linf", "l2")
 EPS_FOR_DIVISION = 1e-10  # torchattacks' PGDL2 guard against a zero gradient
@@ -35,7 +30,8 @@ KERNEL_DTYPES = {
     "triton": (torch.float16, torch.bfloat16, torch.float32),
 }
 
-register_op("pgd_step", ("torch", "triton", "cpp"))
+register_op("pgd_step", ("torch", "triton", "cpp"),
+            constraints={b: (dtypes(*d),) for b, d in KERNEL_DTYPES.items()})
 
 
 def _per_sample(name: str, value, n: int, like: torch.Tensor,
@@ -166,26 +162,18 @@ def pgd_step(
     n = x_adv.shape[0]
     eps_t = _per_sample("eps", eps, n, x_adv, validate)
     alpha_t = _per_sample("alpha", alpha, n, x_adv, validate)
+    chosen = resolve_backend("pgd_step", backend, device=x_adv.device, dtype=x_adv.dtype)
+    if chosen != "torch":
+        tensors = {"x_adv": x_adv, "x_clean": x_clean, "grad": grad}
+        if tracking:
+            tensors["best_adv"] = best_adv
+        check_contiguous(chosen, tensors)
     improved = None
     if tracking:
         improved = loss.detach() > best_loss
         best_loss.copy_(torch.where(improved, loss.detach(), best_loss))
-
-    chosen = select_backend("pgd_step", x_adv.device, backend)
-    if chosen != "torch" and x_adv.dtype not in KERNEL_DTYPES[chosen]:
-        if requested_backend(backend) is not None:
-            raise BackendUnavailableError(f"pgd_step: backend {chosen!r} does not support "
-                                          f"{x_adv.dtype}")
-        chosen = "torch"
     if chosen == "torch":
         return pgd_step_reference(x_adv, x_clean, grad, eps_t, alpha_t, norm, improved, best_adv)
-    tensors = {"x_adv": x_adv, "x_clean": x_clean, "grad": grad}
-    if tracking:
-        tensors["best_adv"] = best_adv
-    for name, t in tensors.items():
-        if not t.is_contiguous():
-            raise ValueError(f"{name} is not contiguous; the {chosen} backend needs contiguous "
-                             "tensors: pass .contiguous() or backend='torch'")
     row = math.prod(x_adv.shape[1:])
     out = torch.empty_like(x_adv)
     flags = improved.to(torch.uint8) if tracking else None

@@ -8,9 +8,9 @@ tokens count nothing), computed a chunk of tokens at a time, so the (batch x tok
 logits are never held: a chunk's logits live for one step (forward) and are recomputed in the
 backward. At vocab 128k and 2k tokens the logits alone would be 1 GB in float32.
 
-Backends: Triton (`trustfast.kernels.linear_cross_entropy`, CUDA) and a chunked torch path (CPU,
-and calls with a bias); `sequence_nll_reference` is the specification. The backward takes any
-upstream gradient per sequence, so per-sequence weights (NPO, SimNPO) work.
+Backends: Triton (`trustfast.kernels.sequence_nll`, CUDA) and a chunked torch path (CPU, and
+calls with a bias or float64); `sequence_nll_reference` is the specification. The backward takes
+any upstream gradient per sequence, so per-sequence weights (NPO, SimNPO) work.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as fn
 
-from trustfast.ops._dispatch import BackendUnavailableError, register_op, select_backend
+from trustfast.ops._dispatch import dtypes, register_op, resolve_backend, without
 
-register_op("sequence_nll", ("torch", "triton"))
+# What the Triton kernels take; every other call runs the torch path (auto) or raises (forced).
+register_op("sequence_nll", ("torch", "triton"), constraints={"triton": (
+    dtypes(torch.float16, torch.bfloat16, torch.float32),
+    without("has_bias", "bias"),
+)})
 
 IGNORE_INDEX = -100
 # Tokens per chunk of the torch path: the chunk's float32 logits are CHUNK x V (at V = 128k:
@@ -110,7 +114,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, labels, ignore_index, chunk, backend):
         if backend == "triton":
-            from trustfast.kernels.linear_cross_entropy import linear_cross_entropy_forward
+            from trustfast.kernels.sequence_nll import linear_cross_entropy_forward
 
             nll, lse = linear_cross_entropy_forward(h, weight, labels, ignore_index)
         else:
@@ -123,7 +127,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         h, weight, bias, labels, lse = ctx.saved_tensors
         if ctx.backend == "triton":
-            from trustfast.kernels.linear_cross_entropy import linear_cross_entropy_backward
+            from trustfast.kernels.sequence_nll import linear_cross_entropy_backward
 
             grad_h, grad_w = linear_cross_entropy_backward(h, weight, labels, lse,
                                                            grad.float().contiguous(),
@@ -184,6 +188,9 @@ def sequence_nll(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: tor
         labels: (B, T) int64 token ids, `ignore_index` where no loss is wanted.
         chunk: tokens per chunk of the torch path.
         shift: position t predicts label t + 1 (Hugging Face's causal-LM convention).
+        backend: "torch", "triton" or None (automatic: Triton for CUDA tensors, torch otherwise;
+            TRUSTFAST_BACKEND overrides). A call with a bias or float64 runs the torch path;
+            forcing "triton" on it raises BackendUnavailableError.
 
     Returns `SequenceNLL(sum, mean, tokens)`, each (B,); sum and mean are differentiable.
     `mean.mean()` over sequences with equal token counts equals HF's `model(...).loss`.
@@ -191,12 +198,8 @@ def sequence_nll(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: tor
     _validate(hidden, lm_head_weight, labels, bias, chunk)
     h, y = _shift(hidden, labels, shift)
     _check_labels(y, lm_head_weight.shape[0], ignore_index)
-    chosen = select_backend("sequence_nll", hidden.device, backend)
-    if chosen == "triton" and (bias is not None or hidden.dtype == torch.float64):
-        if backend is not None:
-            raise BackendUnavailableError("sequence_nll: the Triton kernel takes no bias and no "
-                                          "float64; use the torch backend")
-        chosen = "torch"
+    chosen = resolve_backend("sequence_nll", backend, device=hidden.device, dtype=hidden.dtype,
+                             has_bias=bias is not None)
     flat_h = h.reshape(-1, h.shape[-1])
     flat_y = y.reshape(-1)
     nll = _LinearCrossEntropy.apply(flat_h, lm_head_weight, bias, flat_y, ignore_index, chunk,

@@ -40,7 +40,7 @@ def _all_finite(grads: list[torch.Tensor]) -> bool:
 
 
 def _warning_class():
-    from trustfast import TrustfastWarning  # late: trustfast/__init__ imports this module
+    from trustfast._meta import TrustfastWarning
 
     return TrustfastWarning
 

@@ -1,9 +1,26 @@
 """Machine unlearning for vision models with model sparsity (Jia et al., NeurIPS 2023).
 
-So far: forget / retain / test splits, pruning (OMP, IMP, SynFlow) into masks kept by
-`trustfast.optim.MaskedSGD`, and the paper's metrics (UA, RA, TA, MIA-Efficacy, Disparity Ave).
+`unlearn(model, splits, method, mask=None, config=None)` runs one of METHODS (Retrain, FT, GA,
+RL, FF, IU, l1-sparse, SalUn) on forget / retain / test splits; pruning (OMP, IMP, SynFlow) gives
+masks kept by `trustfast.optim.MaskedSGD`; the paper's metrics are UA, RA, TA, MIA-Efficacy and
+Disparity Ave. The Table-1 experiment is `trustfast unlearn` (trustfast.experiments.unlearn).
 """
 
+from trustfast.unlearn.methods import (
+    CONFIGS,
+    METHODS,
+    FFConfig,
+    GAConfig,
+    IUConfig,
+    L1SparseConfig,
+    RetrainConfig,
+    RLConfig,
+    SalUnConfig,
+    TrainConfig,
+    UnlearnResult,
+    saliency_mask,
+    unlearn,
+)
 from trustfast.unlearn.metrics import (
     accuracy,
     disparity_average,
@@ -23,7 +40,18 @@ from trustfast.unlearn.pruning import (
 from trustfast.unlearn.splits import Splits, classwise, from_indices, labels_of, random_fraction
 
 __all__ = [
+    "CONFIGS",
+    "FFConfig",
+    "GAConfig",
+    "IUConfig",
+    "L1SparseConfig",
+    "METHODS",
+    "RLConfig",
+    "RetrainConfig",
+    "SalUnConfig",
     "Splits",
+    "TrainConfig",
+    "UnlearnResult",
     "accuracy",
     "apply_masks",
     "classwise",
@@ -37,7 +65,9 @@ __all__ = [
     "mia_efficacy",
     "omp",
     "random_fraction",
+    "saliency_mask",
     "save_masks",
     "synflow",
     "true_label_probs",
+    "unlearn",
 ]

@@ -19,6 +19,7 @@ from torch.nn import functional as fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from trustfast.config import Config
 from trustfast.optim import MaskedSGD
 from trustfast.unlearn.pruning import Masks, apply_masks
 from trustfast.unlearn.splits import Splits
@@ -27,7 +28,7 @@ METHODS = ("retrain", "ft", "ga", "rl", "ff", "iu", "l1_sparse", "salun")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """SGD settings shared by the training-based methods."""
 
     # passes over the data (paper: FT/RL/l1-sparse 10 against Retrain's 182; here 5 against 40
@@ -38,6 +39,14 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64
     seed: int = 0  # data order and random labels
+
+    def check(self) -> None:
+        self.at_least("epochs", 1)
+        self.at_least("lr", 0, strict=True)
+        self.within("momentum", 0, 1, high_open=True)
+        self.at_least("weight_decay", 0)
+        self.at_least("batch_size", 1)
+        self.at_least("seed", 0)
 
 
 @dataclass
@@ -70,9 +79,13 @@ class L1SparseConfig(TrainConfig):
     # over 5 epochs needs 3e-3: class-wise UA 96.7 / RA 99.1 vs 68 at 2e-3, measured)
     l1: float = 3e-3
 
+    def check(self) -> None:
+        super().check()
+        self.at_least("l1", 0)
+
 
 @dataclass
-class FFConfig:
+class FFConfig(Config):
     """Fisher forgetting: diagonal Fisher F on retain, theta += N(0, min(alpha / F, cap))."""
 
     alpha: float = 1e-6  # noise scale (paper: 1e-9-1e-6)
@@ -81,9 +94,17 @@ class FFConfig:
     batch_size: int = 64
     seed: int = 0
 
+    def check(self) -> None:
+        self.at_least("alpha", 0, strict=True)
+        self.at_least("max_variance", 0, strict=True)
+        if self.samples is not None:
+            self.at_least("samples", 1)
+        self.at_least("batch_size", 1)
+        self.at_least("seed", 0)
+
 
 @dataclass
-class IUConfig:
+class IUConfig(Config):
     """Influence unlearning: theta -= alpha F^-1 grad L_retain(theta), one Newton step toward the
     retain-only optimum with the empirical Fisher F = damping I + mean_i g_i g_i^T of `samples`
     per-sample retain gradients as the Hessian (WoodFisher). At the full-data optimum this is
@@ -99,6 +120,14 @@ class IUConfig:
     batch_size: int = 64
     seed: int = 0
 
+    def check(self) -> None:
+        self.at_least("alpha", 0, strict=True)
+        self.at_least("samples", 1)
+        self.at_least("damping", 0, strict=True)
+        self.choice("inverse", ("woodfisher", "woodbury"))
+        self.at_least("batch_size", 1)
+        self.at_least("seed", 0)
+
 
 @dataclass
 class SalUnConfig(TrainConfig):
@@ -107,6 +136,10 @@ class SalUnConfig(TrainConfig):
 
     saliency: float = 0.5  # fraction of weights updated
     lr: float = 0.01
+
+    def check(self) -> None:
+        super().check()
+        self.within("saliency", 0, 1, low_open=True)
 
 
 CONFIGS = {"retrain": RetrainConfig, "ft": TrainConfig, "ga": GAConfig, "rl": RLConfig,

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
+from trustfast.config import Config
 from trustfast.utils import eval_mode
 
 _CHECKPOINT_NAME = "watermark_model"
 
 
 @dataclass
-class HiddenConfig:
+class HiddenConfig(Config):
     """Network sizes; the defaults are HiDDeN's (30 bits, 64 channels, 4/7/3 blocks) except
     `message_tile`.
 
@@ -44,7 +45,7 @@ class HiddenConfig:
     message_tile: int = 8  # P: the message as a learned P x P tile; 0: HiDDeN's constant map
     decoder_channels: int | None = None  # decoder width (None: channels); >= 2 L reads L bits
 
-    def validate(self) -> HiddenConfig:
+    def check(self) -> None:
         for name in ("message_bits", "channels", "encoder_blocks", "decoder_blocks",
                      "image_channels", "discriminator_blocks"):
             value = getattr(self, name)
@@ -62,7 +63,6 @@ class HiddenConfig:
         scale = self.residual_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"residual_scale must be a number > 0, got {scale!r}")
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

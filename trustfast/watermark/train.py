@@ -36,6 +36,7 @@ from trustfast.checkpoint import (
     optimizer_to_checkpoint,
     save_checkpoint,
 )
+from trustfast.config import Config
 from trustfast.watermark.models import HiddenConfig, WatermarkModel, check_images
 from trustfast.watermark.noise import make_noise
 
@@ -43,7 +44,7 @@ _CHECKPOINT_NAME = "watermark_train"
 
 
 @dataclass
-class WatermarkTrainConfig:
+class WatermarkTrainConfig(Config):
     """One training run; defaults are HiDDeN's (Adam 1e-3, weights 0.7 / 1 / 1e-3)."""
 
     epochs: int = 10  # passes over the training images
@@ -57,7 +58,7 @@ class WatermarkTrainConfig:
     lr_decay_epochs: int = 0  # last epochs over which lr decays linearly to 10%; 0: constant lr
     seed: int = 0  # initial weights, image order, messages and noise draws
 
-    def validate(self) -> WatermarkTrainConfig:
+    def check(self) -> None:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -73,7 +74,6 @@ class WatermarkTrainConfig:
                 raise ValueError(f"{name} must be a finite number {'>' if name == 'lr' else '>='}"
                                  f" 0, got {value!r}")
         make_noise(self.noise)  # ValueError naming the spec
-        return self
 
     def image_weight_at(self, epoch: int) -> float:
         """The image weight during `epoch` (0-based): linear warm-up, then image_weight."""

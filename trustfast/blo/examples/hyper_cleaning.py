@@ -18,11 +18,12 @@ from torch.nn import functional as fn
 from tqdm.auto import tqdm
 
 from trustfast.blo.implicit import implicit_grad
+from trustfast.config import Config
 from trustfast.data import digits
 
 
 @dataclass
-class HyperCleaningConfig:
+class HyperCleaningConfig(Config):
     """Hyperparameters (defaults reproduce the demo; one-line meaning each)."""
 
     noise: float = 0.3  # fraction of training labels flipped to another class
@@ -35,6 +36,14 @@ class HyperCleaningConfig:
     cg_iters: int = 50  # conjugate-gradient iterations per hypergradient (at most)
     cg_tol: float = 1e-2  # relative residual: a 1 % accurate hypergradient steers Adam fine
     seed: int = 0
+
+    def check(self) -> None:
+        self.within("noise", 0, 0.9, high_open=True)
+        for key in ("n_val", "outer_steps", "inner_steps", "cg_iters"):
+            self.at_least(key, 1)
+        for key in ("reg", "outer_lr", "inner_lr", "cg_tol"):
+            self.at_least(key, 0, strict=True)
+        self.at_least("seed", 0)
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""The users' own artefacts for the vision experiments: data specs, model specs, devices.
+
+`--data` is `digits` (built in), `colored_digits`, `imagefolder:DIR`, `cifar10:DIR` or
+`npz:FILE`; `--model` a `trustfast.models` name (`small_cnn`, `resnet18`, ...) or an import
+string `package.module:factory`; `--weights FILE.safetensors` loads trained weights into it.
+From Python, datasets and models are passed as objects instead (`train=`, `test=`, `model=`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from trustfast.config import Config, ConfigError
+
+
+@dataclass
+class SGDConfig(Config):
+    """SGD with momentum over shuffled mini-batches (training of an original model)."""
+
+    epochs: int = 8
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+
+    def check(self) -> None:
+        self.at_least("epochs", 1)
+        self.at_least("lr", 0, strict=True)
+        self.within("momentum", 0, 1, high_open=True)
+        self.at_least("weight_decay", 0)
+        self.at_least("batch_size", 1)
+
+
+def fit(model: nn.Module, data: Dataset, sgd: SGDConfig, *, seed: int, epochs: int | None = None,
+        masks=None, on_epoch: Callable[[int], None] | None = None,
+        desc: str = "train") -> list[float]:
+    """`trustfast.models.fit.fit_classifier` with the settings of `sgd` (epochs overridable)."""
+    from trustfast.models.fit import fit_classifier
+
+    return fit_classifier(model, data, epochs=sgd.epochs if epochs is None else epochs,
+                          lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay,
+                          batch_size=sgd.batch_size, seed=seed, masks=masks, on_epoch=on_epoch,
+                          desc=desc)
+
+
+@dataclass
+class VisionData:
+    train: Dataset
+    test: Dataset
+    info: dict  # {"n", "num_classes", "image_shape", "spec"}
+
+
+def vision_data(spec: str, *, seed: int, test_fraction: float = 0.2, image_size: int | None = None,
+                train: Dataset | None = None, test: Dataset | None = None) -> VisionData:
+    """(train, test) from the given objects, else from the spec (`data`). Image items are
+    checked to be (float image in [0, 1], int label) as they are read (`as_image_dataset`);
+    datasets of (1-D float feature vector, label) pass as they are."""
+    from trustfast.data import as_image_dataset, dataset_info, load_image_data
+
+    if (train is None) != (test is None):
+        raise ValueError("pass both train= and test= datasets, or neither (then the config's "
+                         "`data` is loaded)")
+    if train is not None:
+        source = "python objects"
+        if _is_feature_data(train):  # (feature vector, label) items: used as they are
+            from trustfast.unlearn import labels_of
+
+            labels = labels_of(train)
+            info = {"n": len(train), "num_classes": int(labels.max()) + 1,
+                    "image_shape": tuple(train[0][0].shape), "test_n": len(test),
+                    "spec": source}
+            return VisionData(train, test, info)
+        train, test = as_image_dataset(train, "train"), as_image_dataset(test, "test")
+    else:
+        try:
+            train, test = load_image_data(spec, seed=seed, test_fraction=test_fraction,
+                                          size=image_size)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError("data", f"could not be loaded: {exc}") from None
+        source = spec
+    info = dataset_info(train)
+    info["test_n"] = len(test)
+    info["spec"] = source
+    return VisionData(train, test, info)
+
+
+def _is_feature_data(dataset: Dataset) -> bool:
+    item = dataset[0] if len(dataset) else None
+    x = item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else None
+    return torch.is_tensor(x) and x.dim() == 1 and x.is_floating_point()
+
+
+def vision_model(spec: str, info: dict, *, weights: str | None = None,
+                 model: nn.Module | Callable[[], nn.Module] | None = None
+                 ) -> tuple[nn.Module, bool]:
+    """(model, trained): a copy of the given module (trained: True), a module from the given
+    factory (trained: False), or the model named by `spec`, with `weights` loaded when given
+    (trained: True)."""
+    from trustfast.models import build_model
+
+    if model is not None:
+        if isinstance(model, nn.Module):
+            return copy.deepcopy(model), True
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable returning one, got "
+                            f"{type(model).__name__}")
+        built = model()
+        if not isinstance(built, nn.Module):
+            raise TypeError(f"model() must return an nn.Module, got {type(built).__name__}")
+        return built, False
+    shape = info["image_shape"]
+    try:
+        built = build_model(spec, in_channels=shape[0], num_classes=info["num_classes"],
+                            image_size=shape[-1], weights=weights)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ConfigError("model", f"{spec!r} could not be built"
+                          + (f" with weights {weights!r}" if weights else "")
+                          + f": {exc}") from None
+    return built, weights is not None
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    return {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

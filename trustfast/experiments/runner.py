@@ -1,0 +1,201 @@
+"""Running a registered experiment: config check on resume, provenance, the results files.
+
+    result = run_experiment("unlearn", UnlearnExperimentConfig(methods=["ft"]), "runs/u")
+
+`out/run.json` records the experiment and its config when a run starts; `resume=True` refuses a
+config that differs from it (listing the keys that differ), reuses a finished run's results
+and lets the experiment pick up its checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trustfast._meta import __version__
+from trustfast.checkpoint import load_json, save_json
+from trustfast.config import ConfigError, config_diff, merge_mappings, to_dict
+from trustfast.experiments.registry import Experiment, ExperimentConfig, Result, get_experiment
+from trustfast.experiments.results import load_result, write_results
+from trustfast.utils import resolve_device
+
+# Keys a resumed run may change: where it runs, not what it computes.
+RESUME_FREE_KEYS = ("device",)
+PACKAGES = ("torch", "transformers", "diffusers", "deepspeed", "triton", "safetensors",
+            "scikit-learn", "numpy")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """The commit of the trustfast checkout this code runs from ("+dirty" with local changes),
+    or None for an installed copy."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def rank() -> int:
+    """This process's rank in an initialized process group (0 without one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def provenance(config: ExperimentConfig, started: datetime.datetime,
+               ended: datetime.datetime, details: Mapping[str, Any] | None = None) -> dict:
+    """Where and how a run ran: versions, git commit, device, threads, world size, the fully
+    resolved config (the config plus the experiment's `details`, e.g. every method's
+    hyperparameters), start and end time."""
+    device = resolve_device(config.device)
+    details = dict(details or {})
+    resolved = merge_mappings(to_dict(config), details.pop("resolved", {}))
+    return {
+        "trustfast": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "world_size": world_size(),
+        "resolved_config": resolved,
+        "started": started.isoformat(timespec="seconds"),
+        "ended": ended.isoformat(timespec="seconds"),
+        "seconds": round((ended - started).total_seconds(), 3),
+        **details,
+    }
+
+
+def check_resume(out: str, name: str, config: ExperimentConfig) -> None:
+    """Refuse to resume `out` with another experiment or config (naming the keys that
+    differ)."""
+    path = os.path.join(out, "run.json")
+    if not os.path.exists(path):
+        return
+    try:
+        saved = load_json(path)
+    except ValueError as exc:
+        raise ConfigError("--resume", f"cannot read {path} ({exc}); delete it or use another "
+                                      "--out") from None
+    if saved.get("experiment") != name:
+        raise ConfigError("--resume", f"{out} holds a run of {saved.get('experiment')!r}, not "
+                                      f"{name!r}; use another --out")
+    now = to_dict(config)
+    keys = [k for k in config_diff(saved.get("config", {}), now)
+            if k.split(".")[0] not in RESUME_FREE_KEYS]
+    if keys:
+        changes = ", ".join(f"{k} ({_at(saved.get('config', {}), k)!r} -> {_at(now, k)!r})"
+                            for k in keys[:8])
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        raise ConfigError("--resume", f"{out} holds a run with another config; keys that "
+                                      f"differ: {changes}{more}; use another --out or the same "
+                                      "config")
+
+
+def _at(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def run_experiment(experiment: Experiment | str, config: ExperimentConfig | None, out: str,
+                   resume: bool = False, **artefacts) -> Result:
+    """Run (or resume) `experiment` with `config` into `out` and write its files.
+
+    `artefacts` are passed to the experiment's run: Python objects in place of the config's
+    file specs (e.g. `model=`, `train=`, `test=` for the vision experiments). A finished run
+    in `out` with the same config is returned as it is when `resume=True` (and no artefacts
+    are given)."""
+    exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    config = exp.config_cls() if config is None else config
+    if not isinstance(config, exp.config_cls):
+        raise TypeError(f"config for {exp.name!r} must be {exp.config_cls.__name__}, got "
+                        f"{type(config).__name__}")
+    config.validate()
+    os.makedirs(out, exist_ok=True)
+    if resume:
+        check_resume(out, exp.name, config)
+        done = load_result(out) if not artefacts else None
+        if done is not None and not [k for k in config_diff(done.config, to_dict(config))
+                                     if k.split(".")[0] not in RESUME_FREE_KEYS]:
+            return done
+    save_json(os.path.join(out, "run.json"), {"experiment": exp.name, "config": to_dict(config)})
+    started = datetime.datetime.now().astimezone()
+    result = exp.run(config, out, resume, **artefacts)
+    if not isinstance(result, Result):
+        raise TypeError(f"experiment {exp.name!r}: run must return a Result, got "
+                        f"{type(result).__name__}")
+    ended = datetime.datetime.now().astimezone()
+    result.config = to_dict(config)
+    if rank() != 0:  # a launched run's other processes: rank 0 writes the results
+        return result
+    result.provenance = provenance(config, started, ended, result.provenance)
+    write_results(out, result, exp)
+    return result
+
+
+class RowStore:
+    """Finished rows of a run, by key, in `out/rows.json` (rewritten atomically after each), so
+    a killed run keeps every finished row; `resume=False` starts empty."""
+
+    def __init__(self, out: str, resume: bool, name: str = "rows.json"):
+        self.path = os.path.join(out, name)
+        self.rows: dict[str, Any] = {}
+        if resume and os.path.exists(self.path):
+            try:
+                self.rows = load_json(self.path).get("rows", {})
+            except ValueError:
+                self.rows = {}  # a damaged progress file: recompute its rows
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __getitem__(self, key: str) -> Any:
+        return self.rows[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.rows.get(key, default)
+
+    def put(self, key: str, row: Any) -> Any:
+        self.rows[key] = row
+        save_json(self.path, {"rows": self.rows})
+        return row
