@@ -2,9 +2,10 @@
 
 The packages are found here (every package under trustfast/, plus kernels/ installed as
 `trustfast.kernels` through pyproject's package-dir mapping); everything else (metadata,
-dependencies) lives in pyproject.toml. Install with `pip install --no-build-isolation -e .` so the extension compiles
-against the torch that is already installed. When no C++ compiler works, or TRUSTFAST_NO_EXT=1,
-the install still succeeds without `_C` and every CPU op dispatches to its torch reference.
+dependencies) lives in pyproject.toml. Install with `pip install --no-build-isolation -e .` so
+the extension compiles against the torch that is already installed. When no C++ compiler
+works, or TRUSTFAST_NO_EXT=1, the install still succeeds without `_C` and every CPU op
+dispatches to its torch reference.
 """
 
 import os
