@@ -6,7 +6,8 @@ forward-mode AD and no double backward) and SDPA's math backend (what a JVP or a
 attention falls back to: O(N^2) memory). Variants: forward, forward+backward, and forward+JVP
 (ours only: SDPA's CPU kernel raises NotImplementedError for forward AD; the math backend's JVP is
 timed as the peer). Peak memory is counted per tensor storage through a TorchDispatchMode
-(`trustfast._bench.memory`), so buffers a fused kernel allocates internally are not seen: SDPA
+(`trustfast.utils.peak_tensor_bytes`), so buffers a fused kernel allocates internally are not
+seen: SDPA
 flash's figure is a lower bound.
 """
 
@@ -19,9 +20,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-from trustfast._bench.memory import peak_tensor_bytes
 from trustfast._bench.timing import intra_op_threads, loadavg
 from trustfast.ops.attention import attention
+from trustfast.utils import peak_tensor_bytes
 
 N, B, H = 4096, 1, 8
 THREADS = 2  # the whole CI machine: attention is matmul-bound, both variants use every core

@@ -1,6 +1,7 @@
 """pytest-benchmark: `sequence_nll` (chunked, never the whole logits) vs the logits path (hidden @
 W^T, then cross_entropy), forward + backward, 2,048 tokens, hidden 256, vocab 32k and 128k,
-float32 on the CPU: time and peak tensor memory (`trustfast._bench.memory`). Goals of the LLM
+float32 on the CPU: time and peak tensor memory (`trustfast.utils.peak_tensor_bytes`). Goals of
+the LLM
 issue: peak memory <= 25 % of the logits path, time within 1.3x."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import pytest
 import torch
 from torch.nn import functional as fn
 
-from trustfast._bench.memory import peak_tensor_bytes
 from trustfast._bench.timing import intra_op_threads, loadavg
 from trustfast.ops.sequence_nll import sequence_nll
+from trustfast.utils import peak_tensor_bytes
 
 TOKENS, HIDDEN = 2048, 256
 THREADS = 2

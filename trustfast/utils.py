@@ -13,6 +13,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
+def progress_kwargs(show: bool = True) -> dict:
+    """tqdm keyword arguments for a progress bar the caller can turn off: `{}` (tqdm decides,
+    so TQDM_DISABLE=1 hides it) or `{"disable": True}`. Passing `disable=False` or `None`
+    explicitly would override TQDM_DISABLE."""
+    return {} if show else {"disable": True}
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run with every module in eval mode; restore each module's own mode afterwards."""

@@ -145,7 +145,7 @@ def test_cifar10_binary_and_python_batches_give_the_same_rows(tmp_path):
         _write_cifar(root, fmt)
         outs[fmt] = str(tmp_path / f"out-{fmt}")
         assert main(["masked-training", "--data", f"cifar10:{root}", "--device", "cpu",
-                     "--set", "dense_epochs=1", "--set", "pruned_epochs=1",
+                     "--set", "train.epochs=1", "--set", "pruned_epochs=1",
                      "--out", outs[fmt]]) == 0
     binary, python = _rows(outs["binary"]), _rows(outs["python"])
     assert _without_timings(binary) == _without_timings(python)

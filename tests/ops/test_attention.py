@@ -11,9 +11,9 @@ from torch.nn import functional as fn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trustfast._bench import judge
-from trustfast._bench.memory import peak_tensor_bytes
 from trustfast.ops import BackendUnavailableError, select_backend
 from trustfast.ops.attention import attention, attention_reference
+from trustfast.utils import peak_tensor_bytes
 
 DT = torch.float64
 RTOL64 = 1e-12  # float64, chunked vs one-shot softmax: differ only by summation order

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as fn
 
-from trustfast._bench.memory import peak_tensor_bytes
 from trustfast.ops import select_backend
 from trustfast.ops.sequence_nll import IGNORE_INDEX, sequence_nll, sequence_nll_reference
+from trustfast.utils import peak_tensor_bytes
 
 
 def _problem(b, t, h, v, dtype=torch.float64, seed=0, bias=False):

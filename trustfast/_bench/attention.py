@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from trustfast._bench.judge import judge
-from trustfast._bench.registry import Section, bf16_skip
+from trustfast._bench.registry import Section, shape_dtype_checks
 from trustfast._bench.timing import median_time, time_and_peak, unsupported
 from trustfast.ops.attention import attention, attention_reference
 
@@ -187,16 +187,7 @@ def checks(device: torch.device, *, small: bool, backend: str = "triton") -> lis
     """`check` per shape and dtype (the small shapes on the CPU: the Triton interpreter)."""
     device = torch.device(device)
     shapes = SMALL_CHECK_SHAPES if small or device.type == "cpu" else CHECK_SHAPES
-    sections = []
-    for dtype in CHECK_DTYPES:
-        name = str(dtype).removeprefix("torch.")
-        for shape in shapes:
-            sections.append(Section(
-                "attention_checks", f"check attention {shape_name(shape)} {name}",
-                lambda s=shape, d=dtype: check(s, d, device, backend=backend),
-                {"case": f"attention {shape_name(shape)}", "dtype": name, "backend": backend},
-                skip=bf16_skip(device, dtype, backend)))
-    return sections
+    return shape_dtype_checks("attention", check, shapes, CHECK_DTYPES, device, backend, shape_name)
 
 
 def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,

@@ -67,6 +67,22 @@ def bf16_skip(device, dtype, backend: str | None) -> str | None:
     return BF16_INTERPRETER if dtype == torch.bfloat16 and interpreted(device, backend) else None
 
 
+def shape_dtype_checks(op: str, check, shapes, dtypes, device, backend: str,
+                       shape_name) -> list[Section]:
+    """One check Section per dtype x shape: `check(shape, dtype, device, backend=backend)`,
+    bfloat16 skipped where the Triton interpreter runs it."""
+    sections = []
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        for shape in shapes:
+            sections.append(Section(
+                f"{op}_checks", f"check {op} {shape_name(shape)} {name}",
+                lambda s=shape, d=dtype: check(s, d, device, backend=backend),
+                {"case": f"{op} {shape_name(shape)}", "dtype": name, "backend": backend},
+                skip=bf16_skip(device, dtype, backend)))
+    return sections
+
+
 def load(name: str) -> ModuleType:
     """The bench module `trustfast._bench.<name>`."""
     if name not in BENCHES:

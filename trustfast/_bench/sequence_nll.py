@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as fn
 
 from trustfast._bench.judge import judge
-from trustfast._bench.registry import Section, bf16_skip
+from trustfast._bench.registry import Section, shape_dtype_checks
 from trustfast._bench.timing import time_and_peak, unsupported
 from trustfast.ops.sequence_nll import sequence_nll, sequence_nll_reference
 
@@ -105,16 +105,8 @@ def checks(device: torch.device, *, small: bool, backend: str = "triton") -> lis
     """`check` per shape and dtype (the small shapes on the CPU: the Triton interpreter)."""
     device = torch.device(device)
     shapes = SMALL_CHECK_SHAPES if small or device.type == "cpu" else CHECK_SHAPES
-    sections = []
-    for dtype in CHECK_DTYPES:
-        name = str(dtype).removeprefix("torch.")
-        for shape in shapes:
-            sections.append(Section(
-                "sequence_nll_checks", f"check sequence_nll {shape_name(shape)} {name}",
-                lambda s=shape, d=dtype: check(s, d, device, backend=backend),
-                {"case": f"sequence_nll {shape_name(shape)}", "dtype": name,
-                 "backend": backend}, skip=bf16_skip(device, dtype, backend)))
-    return sections
+    return shape_dtype_checks("sequence_nll", check, shapes, CHECK_DTYPES, device, backend,
+                              shape_name)
 
 
 def timings(device: torch.device, repeats: int, *, small: bool, backend: str | None = None,

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trustfast.attacks.pgd import PGD
-from trustfast.utils import eval_mode
+from trustfast.utils import eval_mode, progress_kwargs
 
 
 @dataclass
@@ -57,7 +57,7 @@ def robust_accuracy(model: nn.Module, loader: Iterable, eps: list[float], *, ste
               norm=norm, restarts=restarts, seed=seed, **pgd_kwargs)
     correct = torch.zeros(len(eps), dtype=torch.long)
     total = 0
-    for images, labels in tqdm(loader, desc="robust accuracy", disable=not progress,
+    for images, labels in tqdm(loader, desc="robust accuracy", **progress_kwargs(progress),
                                leave=False):
         images, labels = images.to(device), labels.to(device)
         adv = atk(images, labels)  # (len(eps), N, ...)

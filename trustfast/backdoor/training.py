@@ -15,11 +15,11 @@ def train_classifier(model: nn.Module, data: Dataset, epochs: int = 30, lr: floa
                      batch_size: int = 64, seed: int = 0, desc: str = "train") -> nn.Module:
     """SGD (momentum 0.9, weight decay 5e-4, cosine learning rate) with cross-entropy; seeded.
     Returns the model in eval mode."""
-    from trustfast.models.fit import fit_classifier
+    from trustfast.models.fit import SGDConfig, fit_classifier
 
     torch.manual_seed(seed)
-    fit_classifier(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                   schedule="cosine", desc=desc)
+    fit_classifier(model, data, SGDConfig(epochs=epochs, lr=lr, batch_size=batch_size),
+                   seed=seed, schedule="cosine", desc=desc)
     return model.eval()
 
 

@@ -17,37 +17,38 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trustfast.config import Config, ConfigError
+from trustfast.config import ConfigError
+from trustfast.experiments.registry import ExperimentConfig
 
 
 @dataclass
-class SGDConfig(Config):
-    """SGD with momentum over shuffled mini-batches (training of an original model)."""
+class VisionConfig(ExperimentConfig):
+    """The data and model fields of the vision experiments."""
 
-    epochs: int = 8
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
+    data: str = "digits"  # digits | colored_digits | imagefolder:DIR | cifar10:DIR | npz:FILE
+    image_size: int | None = None  # resize image-folder images to this side (None: as stored)
+    test_fraction: float = 0.2  # held-out share when the data has no test split of its own
+    model: str = "small_cnn"  # a trustfast.models name or package.module:factory
+    weights: str | None = None  # trained weights (.safetensors): the model is used as trained
 
     def check(self) -> None:
-        self.at_least("epochs", 1)
-        self.at_least("lr", 0, strict=True)
-        self.within("momentum", 0, 1, high_open=True)
-        self.at_least("weight_decay", 0)
-        self.at_least("batch_size", 1)
+        super().check()
+        self.within("test_fraction", 0, 1, low_open=True, high_open=True)
+        if self.image_size is not None:
+            self.at_least("image_size", 1)
 
 
-def fit(model: nn.Module, data: Dataset, sgd: SGDConfig, *, seed: int, epochs: int | None = None,
-        masks=None, on_epoch: Callable[[int], None] | None = None,
-        desc: str = "train") -> list[float]:
-    """`trustfast.models.fit.fit_classifier` with the settings of `sgd` (epochs overridable)."""
-    from trustfast.models.fit import fit_classifier
+def vision_setup(cfg: VisionConfig, *, model=None, train=None, test=None):
+    """(device, data, model on the device, whether it came trained) of a vision run: the data
+    of `cfg.data` (or `train` / `test`), then, seeded by `cfg.seed`, the model."""
+    from trustfast.utils import resolve_device
 
-    return fit_classifier(model, data, epochs=sgd.epochs if epochs is None else epochs,
-                          lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay,
-                          batch_size=sgd.batch_size, seed=seed, masks=masks, on_epoch=on_epoch,
-                          desc=desc)
+    device = resolve_device(cfg.device)
+    data = vision_data(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction,
+                       image_size=cfg.image_size, train=train, test=test)
+    torch.manual_seed(cfg.seed)
+    net, trained = vision_model(cfg.model, data.info, weights=cfg.weights, model=model)
+    return device, data, net.to(device), trained
 
 
 @dataclass

@@ -69,6 +69,15 @@ class Flag:
     metavar: str | None = None
 
 
+def pixel_budgets(text: str) -> list[float]:
+    """A flag's comma-separated budgets in pixels/255 ("2,4,8") as [0, 1]-scale floats."""
+    try:
+        return [float(e) / 255 for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise ConfigError("--eps", f"must be comma-separated budgets in pixels/255, got "
+                                   f"{text!r}") from None
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str  # the CLI command: lowercase words joined by "-"

@@ -15,27 +15,18 @@ from torch.utils.data import DataLoader
 
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
 from trustfast.config import ConfigError
-from trustfast.experiments.artefacts import (
-    SGDConfig,
-    describe_model,
-    fit,
-    vision_data,
-    vision_model,
-)
+from trustfast.experiments.artefacts import VisionConfig, describe_model, vision_setup
 from trustfast.experiments.plots import lines
-from trustfast.experiments.registry import Experiment, ExperimentConfig, Flag, Result, register
-from trustfast.utils import resolve_device
+from trustfast.experiments.registry import Experiment, Flag, Result, pixel_budgets, register
+from trustfast.models.fit import SGDConfig, fit_classifier
 
 NORMS = ("linf", "l2")
 
 
 @dataclass
-class RobustnessConfig(ExperimentConfig):
-    data: str = "digits"  # digits | imagefolder:DIR | cifar10:DIR | npz:FILE (its test split)
-    image_size: int | None = None
-    test_fraction: float = 0.2
-    model: str = "small_cnn"
-    weights: str | None = None  # a trained model (.safetensors): attacked as it is
+class RobustnessConfig(VisionConfig):
+    """The test split of `data` attacked; a model with `weights` is attacked as it is."""
+
     train: SGDConfig = field(default_factory=SGDConfig)  # training when no weights are given
     # budgets in the [0, 1] image scale (eps 0 is clean accuracy); --eps takes pixels/255
     eps: list[float] = field(default_factory=lambda: [e / 255 for e in (0, 2, 4, 8, 16, 32)])
@@ -57,25 +48,20 @@ class RobustnessConfig(ExperimentConfig):
         self.at_least("alpha_ratio", 0, strict=True)
         if self.max_examples is not None:
             self.at_least("max_examples", 1)
-        self.within("test_fraction", 0, 1, low_open=True, high_open=True)
 
 
 def run(cfg: RobustnessConfig, out: str, resume: bool = False, *, model=None, train=None,
         test=None) -> Result:
     from trustfast.attacks import robust_accuracy
 
-    device = resolve_device(cfg.device)
-    data = vision_data(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction,
-                       image_size=cfg.image_size, train=train, test=test)
-    torch.manual_seed(cfg.seed)
-    net, trained = vision_model(cfg.model, data.info, weights=cfg.weights, model=model)
-    net.to(device)
+    _, data, net, trained = vision_setup(cfg, model=model, train=train, test=test)
     if not trained:
         cached = load_checkpoint(out, "model") if resume else None
         if cached is not None:
             net.load_state_dict(cached[0])
         else:
-            fit(net, data.train, cfg.train, seed=cfg.seed, desc="train for robustness")
+            fit_classifier(net, data.train, cfg.train, seed=cfg.seed,
+                           desc="train for robustness")
             save_checkpoint(out, "model", net.state_dict(), {"epochs": cfg.train.epochs})
     evaluated = data.test
     if cfg.max_examples is not None:
@@ -103,14 +89,6 @@ def plot(result: Result) -> dict:
                                     "accuracy under PGD")}
 
 
-def _eps(text: str) -> list[float]:
-    try:
-        return [float(e) / 255 for e in text.split(",") if e.strip()]
-    except ValueError:
-        raise ConfigError("--eps", f"must be comma-separated budgets in pixels/255, got "
-                                   f"{text!r}") from None
-
-
 register(Experiment(
     name="robustness", config_cls=RobustnessConfig, run=run, plot=plot,
     help="robust accuracy of a classifier under batched PGD at several budgets",
@@ -118,7 +96,8 @@ register(Experiment(
     flags=(Flag("--data", "data", "digits | imagefolder:DIR | cifar10:DIR | npz:FILE"),
            Flag("--model", "model", "small_cnn | resnet18 | ... | package.module:factory"),
            Flag("--weights", "weights", "trained model weights (.safetensors)"),
-           Flag("--eps", "eps", "comma-separated budgets in pixels/255, e.g. 2,4,8", parse=_eps),
+           Flag("--eps", "eps", "comma-separated budgets in pixels/255, e.g. 2,4,8",
+                parse=pixel_budgets),
            Flag("--steps", "steps", "PGD steps"),
            Flag("--norm", "norm", "linf or l2")),
 ))

@@ -8,62 +8,43 @@ fine-tunes under `MaskedSGD` (momentum, l1) and checks that every pruned weight 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, field
 
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
-from trustfast.experiments.artefacts import describe_model, vision_data, vision_model
+from trustfast.experiments.artefacts import VisionConfig, describe_model, vision_setup
 from trustfast.experiments.plots import lines
 from trustfast.experiments.registry import Experiment, ExperimentConfig, Flag, Result, register
+from trustfast.models.fit import SGDConfig, fit_classifier
 from trustfast.utils import resolve_device
 
 
 @dataclass
-class MaskedTrainingConfig(ExperimentConfig):
-    data: str = "digits"  # digits | imagefolder:DIR | cifar10:DIR | npz:FILE
-    image_size: int | None = None
-    test_fraction: float = 0.2
-    model: str = "small_cnn"
-    weights: str | None = None  # start from trained weights (then the dense stage is skipped)
-    dense_epochs: int = 8
+class MaskedTrainingConfig(VisionConfig):
+    """Dense training (skipped when `weights` are given), then pruning and masked training."""
+
+    train: SGDConfig = field(default_factory=SGDConfig)  # both stages; epochs: the dense one
     sparsity: float = 0.8  # share of weights pruned by global magnitude
     pruned_epochs: int = 5
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     l1: float = 5e-5  # l1 penalty while training under the mask
-    batch_size: int = 64
 
     def check(self) -> None:
         super().check()
-        for key in ("dense_epochs", "pruned_epochs", "batch_size"):
-            self.at_least(key, 1)
+        self.at_least("pruned_epochs", 1)
         self.within("sparsity", 0, 1, low_open=True, high_open=True)
-        self.within("test_fraction", 0, 1, low_open=True, high_open=True)
-        self.at_least("lr", 0, strict=True)
-        self.within("momentum", 0, 1, high_open=True)
-        self.at_least("weight_decay", 0)
         self.at_least("l1", 0)
 
 
 def run_masked_training(cfg: MaskedTrainingConfig, out: str, resume: bool = False, *,
                         model=None, train=None, test=None) -> Result:
-    from trustfast.models.fit import fit_classifier
     from trustfast.ops import select_backend
     from trustfast.sparsity import global_magnitude_masks, mask_sparsity
     from trustfast.unlearn import accuracy
 
-    device = resolve_device(cfg.device)
-    data = vision_data(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction,
-                       image_size=cfg.image_size, train=train, test=test)
-    torch.manual_seed(cfg.seed)
-    net, trained = vision_model(cfg.model, data.info, weights=cfg.weights, model=model)
-    net.to(device)
+    device, data, net, trained = vision_setup(cfg, model=model, train=train, test=test)
     backend = select_backend("masked_sgd_step", device)
     stages = [("pruned", cfg.sparsity, cfg.pruned_epochs)]
     if not trained:
-        stages.insert(0, ("dense", 0.0, cfg.dense_epochs))
+        stages.insert(0, ("dense", 0.0, cfg.train.epochs))
     rows, curves = [], {}
     for name, sparsity, epochs in stages:
         stage = "dense" if sparsity == 0 else f"pruned {sparsity:.0%}"
@@ -75,10 +56,8 @@ def run_masked_training(cfg: MaskedTrainingConfig, out: str, resume: bool = Fals
             continue
         masks = global_magnitude_masks(net, sparsity) if sparsity > 0 else None
         start = time.perf_counter()
-        losses = fit_classifier(net, data.train, epochs=epochs, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, l1=cfg.l1 if masks else 0.0,
-                                batch_size=cfg.batch_size, seed=cfg.seed, masks=masks,
-                                desc=stage)
+        losses = fit_classifier(net, data.train, cfg.train, epochs=epochs, seed=cfg.seed,
+                                l1=cfg.l1 if masks else 0.0, masks=masks, desc=stage)
         seconds = time.perf_counter() - start
         row = {"stage": stage, "backend": backend,
                "sparsity_%": 100.0 * (mask_sparsity(masks) if masks else 0.0),

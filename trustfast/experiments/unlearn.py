@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import nn
 from torch.nn import functional as fn
 from torch.utils.data import DataLoader, Dataset
@@ -27,36 +26,24 @@ from tqdm.auto import tqdm
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
 from trustfast.config import ConfigError
 from trustfast.experiments.artefacts import (
-    SGDConfig,
+    VisionConfig,
     describe_model,
-    fit,
     model_device,
-    vision_data,
-    vision_model,
+    vision_setup,
 )
 from trustfast.experiments.plots import grouped_bars
-from trustfast.experiments.registry import (
-    Experiment,
-    ExperimentConfig,
-    Flag,
-    Result,
-    register,
-)
+from trustfast.experiments.registry import Experiment, Flag, Result, register
 from trustfast.experiments.runner import RowStore
-from trustfast.utils import resolve_device
+from trustfast.models.fit import SGDConfig, fit_classifier
 
 SCENARIOS = ("classwise", "random")
 
 
 @dataclass
-class UnlearnExperimentConfig(ExperimentConfig):
-    """One Table-1 run. Defaults: the built-in digits and a SmallCNN (a minute on a CPU)."""
+class UnlearnExperimentConfig(VisionConfig):
+    """One Table-1 run. Defaults: the built-in digits and a SmallCNN (a minute on a CPU);
+    `weights` are the trained original's (then it is not trained here)."""
 
-    data: str = "digits"  # digits | imagefolder:DIR | cifar10:DIR | npz:FILE
-    image_size: int | None = None  # resize image-folder images to this side (None: as stored)
-    test_fraction: float = 0.2  # held-out share when the data has no test split of its own
-    model: str = "small_cnn"  # a trustfast.models name or package.module:factory
-    weights: str | None = None  # trained original weights (.safetensors): no training here
     scenario: str = "classwise"  # "classwise" (forget one class) or "random" (a fraction)
     forget_class: int = 3  # the class forgotten in the class-wise scenario
     fraction: float = 0.1  # the share of training data forgotten in the random scenario
@@ -76,9 +63,6 @@ class UnlearnExperimentConfig(ExperimentConfig):
         self.choice("scenario", SCENARIOS)
         self.at_least("forget_class", 0)
         self.within("fraction", 0, 1, low_open=True, high_open=True)
-        self.within("test_fraction", 0, 1, low_open=True, high_open=True)
-        if self.image_size is not None:
-            self.at_least("image_size", 1)
         self.subset("methods", METHODS)
         self.require(bool(self.sparsities) and all(0 <= s < 1 for s in self.sparsities),
                      "sparsities", "a non-empty list of values in [0, 1)")
@@ -119,7 +103,8 @@ def _original(cfg: UnlearnExperimentConfig, out: str, resume: bool, model: nn.Mo
         if epoch == cfg.rewind_epoch:
             rewind.update(copy.deepcopy(model.state_dict()))
 
-    fit(model, train, cfg.train, seed=cfg.seed, on_epoch=keep_rewind, desc="original")
+    fit_classifier(model, train, cfg.train, seed=cfg.seed, on_epoch=keep_rewind,
+                   desc="original")
     save_checkpoint(out, "rewind", rewind, {"epoch": cfg.rewind_epoch})
     save_checkpoint(out, "original", model.state_dict(), {"epochs": cfg.train.epochs})
     return model, rewind
@@ -144,7 +129,7 @@ def _pruned(cfg: UnlearnExperimentConfig, out: str, resume: bool, original: nn.M
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
                                if k.startswith("model.")})
         return model, masks
-    masks = omp(model, sparsity, lambda m, k: fit(
+    masks = omp(model, sparsity, lambda m, k: fit_classifier(
         m, train, cfg.train, seed=cfg.seed, epochs=cfg.prune_retrain_epochs, masks=k,
         desc=f"OMP {sparsity:g}"), rewind_state=rewind)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -170,17 +155,12 @@ def run(cfg: UnlearnExperimentConfig, out: str, resume: bool = False, *,
     one (trained here)."""
     from trustfast.unlearn import classwise, disparity_average, evaluate, random_fraction, unlearn
 
-    device = resolve_device(cfg.device)
-    data = vision_data(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction,
-                       image_size=cfg.image_size, train=train, test=test)
+    _, data, net, trained = vision_setup(cfg, model=model, train=train, test=test)
     if cfg.scenario == "classwise" and cfg.forget_class >= data.info["num_classes"]:
         raise ConfigError("forget_class", f"must be a class of the data, in [0, "
                                           f"{data.info['num_classes']}), got {cfg.forget_class}")
     splits = (classwise(data.train, data.test, cfg.forget_class) if cfg.scenario == "classwise"
               else random_fraction(data.train, data.test, cfg.fraction, cfg.seed))
-    torch.manual_seed(cfg.seed)
-    net, trained = vision_model(cfg.model, data.info, weights=cfg.weights, model=model)
-    net.to(device)
     original, rewind = _original(cfg, out, resume, net, trained, data.train)
     methods = ["retrain"] + [m for m in cfg.methods if m != "retrain"]
     configs = {m: cfg.method_config(m) for m in methods}

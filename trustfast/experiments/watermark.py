@@ -24,7 +24,14 @@ import torch
 
 from trustfast.config import ConfigError
 from trustfast.experiments.plots import lines
-from trustfast.experiments.registry import Experiment, ExperimentConfig, Flag, Result, register
+from trustfast.experiments.registry import (
+    Experiment,
+    ExperimentConfig,
+    Flag,
+    Result,
+    pixel_budgets,
+    register,
+)
 from trustfast.faces.train import FaceTrainConfig
 from trustfast.utils import resolve_device
 from trustfast.watermark.models import HiddenConfig
@@ -207,14 +214,6 @@ def plot(result: Result) -> dict:
                                           "adversarial watermarking attack", ylim=(0, 1.02))}
 
 
-def _eps(text: str) -> list[float]:
-    try:
-        return [float(e) / 255 for e in text.split(",") if e.strip()]
-    except ValueError:
-        raise ConfigError("--eps", f"must be comma-separated budgets in pixels/255, got "
-                                   f"{text!r}") from None
-
-
 register(Experiment(
     name="watermark-attack", config_cls=WatermarkAttackConfig, run=run, plot=plot,
     help="face verification, a HiDDeN watermark and the adversarial watermarking attack: the "
@@ -226,7 +225,8 @@ register(Experiment(
            Flag("--pairs-root", "pairs_root", "folder of the pairs' images"),
            Flag("--face-model", "face_model", "trustfast face checkpoint folder"),
            Flag("--watermark-model", "watermark_model", "WatermarkModel.save folder"),
-           Flag("--eps", "eps", "comma-separated budgets in pixels/255, e.g. 2,4", parse=_eps),
+           Flag("--eps", "eps", "comma-separated budgets in pixels/255, e.g. 2,4",
+                parse=pixel_budgets),
            Flag("--steps", "steps", "PGD steps"),
            Flag("--message", "message", "fixed or random")),
 ))

@@ -30,6 +30,7 @@ from trustfast.checkpoint import (
 )
 from trustfast.config import Config
 from trustfast.faces.models import HEADS, IResNet, iresnet
+from trustfast.utils import progress_kwargs
 
 _CHECKPOINT = "face_model"
 
@@ -193,7 +194,7 @@ def train_face_model(images: torch.Tensor, labels: torch.Tensor, cfg: FaceTrainC
     model.train()
     head.train()
     for epoch in tqdm(range(start, cfg.epochs), desc=f"face {cfg.head}", leave=False,
-                      disable=not progress):
+                      **progress_kwargs(progress)):
         g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         order = torch.randperm(n, generator=g)
         flips = torch.rand(n, generator=g) < 0.5 if cfg.flip else None

@@ -39,6 +39,7 @@ from trustfast.llm.losses import (
     unlearning_loss,
 )
 from trustfast.llm.optim import OPTIMIZERS, StepInBackward, make_optimizer
+from trustfast.utils import progress_kwargs
 
 __all__ = ["OPTIMIZERS", "UnlearnConfig", "collate", "encode_examples", "finetune",
            "make_optimizer", "prepare_unlearning", "steps_per_epoch", "train_epochs", "unlearn"]
@@ -225,7 +226,7 @@ def train_epochs(loss_fn, forget: list[dict], retain: list[dict], config: Unlear
     `step_loss`, the loss of every optimizer step (averaged over its micro-batches)."""
     history = [] if history is None else history
     for epoch in tqdm(range(start_epoch, config.epochs), desc=f"unlearn {config.method}",
-                      leave=False, disable=rank != 0 or None):
+                      leave=False, **progress_kwargs(rank == 0)):
         logs = []
         for micro in _schedule(len(forget), len(retain), config, epoch, rank, world_size):
             micro_logs = []

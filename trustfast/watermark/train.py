@@ -37,6 +37,7 @@ from trustfast.checkpoint import (
     save_checkpoint,
 )
 from trustfast.config import Config
+from trustfast.utils import progress_kwargs
 from trustfast.watermark.models import HiddenConfig, WatermarkModel, check_images
 from trustfast.watermark.noise import make_noise
 
@@ -187,7 +188,7 @@ def train_watermark(images: torch.Tensor, cfg: WatermarkTrainConfig | None = Non
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     model.train()
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch,
-               desc=f"HiDDeN [{cfg.noise}]", disable=not progress, leave=False)
+               desc=f"HiDDeN [{cfg.noise}]", **progress_kwargs(progress), leave=False)
     for epoch in range(start, cfg.epochs):
         gen = _epoch_generator(cfg.seed, epoch)
         image_weight, lr = cfg.image_weight_at(epoch), cfg.lr_at(epoch)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from trustfast.blo.implicit import implicit_grad
 from trustfast.config import Config
 from trustfast.data import digits
+from trustfast.utils import progress_kwargs
 
 
 @dataclass
@@ -123,7 +124,7 @@ def hyper_clean(config: HyperCleaningConfig | None = None,
     noisy_acc = _accuracy(theta, x_test, y_test)
     noisy_val_acc = _accuracy(theta, x_val, y_val)
     val_losses = []
-    for _ in tqdm(range(cfg.outer_steps), desc="hyper-cleaning", disable=not progress,
+    for _ in tqdm(range(cfg.outer_steps), desc="hyper-cleaning", **progress_kwargs(progress),
                   leave=False):
         theta = _train(x_tr, y_tr, torch.sigmoid(omega.detach()), cfg.reg, theta,
                        cfg.inner_steps, cfg.inner_lr)
