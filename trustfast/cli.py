@@ -32,8 +32,27 @@ def _common_flags(p: argparse.ArgumentParser, name: str) -> None:
                    help=argparse.SUPPRESS)  # from the deepspeed launcher; ranks come from env
 
 
+def _config_keys(cls) -> str:
+    """The config's keys and defaults, for --help (a nested config's as key.sub)."""
+    import dataclasses
+
+    from trustfast.config import to_dict
+
+    defaults, lines = cls(), []
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += [f"  {f.name}.{k} = {v!r}" for k, v in to_dict(value).items()]
+        else:
+            lines.append(f"  {f.name} = {value!r}")
+    return "config keys and defaults (set with --set KEY=VALUE or in --config):\n" + \
+        "\n".join(lines)
+
+
 def _experiment_parser(sub, command: str, exp) -> argparse.ArgumentParser:
-    p = sub.add_parser(command, help=exp.help, description=exp.help)
+    p = sub.add_parser(command, help=exp.help, description=exp.help,
+                       epilog=_config_keys(exp.config_cls),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_flags(p, exp.name)
     for flag in exp.flags:
         p.add_argument(flag.name, dest=f"flag:{flag.key}", default=None, help=flag.help,

@@ -119,18 +119,18 @@ class LLMUnlearnConfig(ExperimentConfig):
                               for m, v in self.overrides.items()}
         except ValueError as exc:
             raise ConfigError("", str(exc)) from None
-        for key in ("method", "seed"):
-            self.require(key not in self.unlearn, f"unlearn.{key}",
-                         "left out (it comes from `methods` / the run's seed)")
-        build_config(_unlearn_config_cls(), {**self.unlearn, "seed": self.seed},
+        self.require("method" not in self.unlearn, "unlearn.method",
+                     "left out (the methods come from `methods`)")
+        build_config(_unlearn_config_cls(), {"seed": self.seed, **self.unlearn},
                      prefix="unlearn")
         for method in self.methods:
             self.method_config(method)
 
     def method_config(self, method: str):
-        """The method's UnlearnConfig: `unlearn`, then `overrides[method]`, this run's seed."""
-        values = {**self.unlearn, **self.overrides.get(method, {}), "method": method,
-                  "seed": self.seed}
+        """The method's UnlearnConfig: the run's seed, then `unlearn`, then
+        `overrides[method]`."""
+        values = {"seed": self.seed, **self.unlearn, **self.overrides.get(method, {}),
+                  "method": method}
         prefix = f"overrides.{method}" if method in self.overrides else "unlearn"
         return build_config(_unlearn_config_cls(), values, prefix=prefix)
 

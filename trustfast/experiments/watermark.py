@@ -95,6 +95,11 @@ class WatermarkAttackConfig(ExperimentConfig):
         self.choice("message", MESSAGES)
         if self.pairs is not None:
             self.require(os.path.isfile(self.pairs), "pairs", "an existing LFW-style pairs file")
+        for key in ("face.seed", "watermark.seed"):  # the run's seed seeds both trainings
+            self.require(self._value(key) in (0, self.seed), key,
+                         f"0 or the run's seed ({self.seed}), which seeds it: set --seed")
+        self.require(self.hidden.message_bits in (30, self.message_bits), "hidden.message_bits",
+                     f"30 or message_bits ({self.message_bits}), which the network gets")
 
 
 def hidden_config(cfg: WatermarkAttackConfig) -> HiddenConfig:
