@@ -13,9 +13,11 @@ one namespace for all its blocks, in the order they appear:
   - every other block (```text, ```yaml, ```console, ``` without a language, ...) is not run.
 
 The README's bash blocks are not run (`make demo` / `make test`); its Python blocks are. A
-page must run at least one block; a failing block is reported with the page and the block's
-first line. tqdm reads TQDM_DISABLE when it is imported, so in this process (where tqdm is
-imported already) it mostly documents the intent; pytest captures the bars either way.
+page must run at least one block; a failing block is reported with the page, the block's line
+and first line (and, in a bash block, the failing command). tqdm reads TQDM_DISABLE when it is
+imported, so in this process (where tqdm is imported already) setting it mostly states the
+intent; pytest captures the bars either way. The examples run on one intra-op thread, as the
+other slow tests do: on a busy 2-core machine two threads made them several times slower.
 """
 
 from __future__ import annotations
@@ -120,24 +122,26 @@ def run_page(page: Path, monkeypatch) -> int:
     try:
         for block in blocks(page.read_text()):
             if block.language == "python":
-                step = lambda b=block: exec(compile(b.text, f"{page.name}:{b.line}", "exec"),
-                                            module.__dict__)
+                code = compile(block.text, f"{page.name}:{block.line}", "exec")
+                steps = [("", lambda c=code: exec(c, module.__dict__))]
             elif block.language in ("bash", "sh", "shell") and not readme:
-                lines = commands(block.text)
-                if not lines:
+                steps = [(f"; command: {shlex.join(w)}",
+                          lambda w=w: run_command(w, monkeypatch))
+                         for w in commands(block.text)]
+                if not steps:
                     continue
-                step = lambda ls=lines: [run_command(w, monkeypatch) for w in ls]
             else:
                 continue
-            try:
-                step()
-            except BaseException as exc:  # SystemExit from argparse included
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                pytest.fail(f"{page.relative_to(ROOT)}: the {block.language} block at line "
-                            f"{block.line} ({block.first_line!r}) failed: "
-                            f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                            pytrace=False)
+            for what, step in steps:
+                try:
+                    step()
+                except BaseException as exc:  # SystemExit from argparse included
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    pytest.fail(f"{page.relative_to(ROOT)}: the {block.language} block at line "
+                                f"{block.line} ({block.first_line!r}) failed{what}: "
+                                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                                pytrace=False)
             ran += 1
     finally:
         sys.modules.pop(name, None)
@@ -173,3 +177,19 @@ def test_the_block_parser():
     assert commands(found[1].text) == [
         ["trustfast", "list"],
         ["PYTHONPATH=.", "trustfast", "unlearn", "--methods", "ft", "--out", "runs/u"]]
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    """Every relative link of a page names a file of the repository (anchors aside)."""
+    missing = []
+    for target in LINK.findall(page.read_text()):
+        path = target.split("#")[0]
+        if not path or "://" in path:
+            continue
+        if not (page.parent / path).exists():
+            missing.append(target)
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"

@@ -65,8 +65,9 @@ class LLMUnlearnConfig(ExperimentConfig):
     n_people: int = 40  # built-in facts: 4 QA per person
     forget_share: float = 0.1  # built-in facts: the share of people forgotten
     hidden_size: int = 64  # the tiny Llama's width (2 layers, 4 heads)
-    # memorize forget + retain before unlearning: None = 40 epochs for the tiny model (AdamW,
-    # lr finetune_lr, batch 16: every answer memorized, loss ~0.006), 0 for a model folder
+    # memorize forget + retain before unlearning: None = 40 epochs for the tiny model built
+    # here (AdamW, lr finetune_lr, batch 16: every answer memorized, loss ~0.006), 0 for a
+    # model folder or a model passed from Python
     finetune_epochs: int | None = None
     finetune_lr: float = 3e-3
     methods: list[str] = field(default_factory=lambda: ["ga", "npo", "simnpo"])
@@ -134,10 +135,11 @@ class LLMUnlearnConfig(ExperimentConfig):
         prefix = f"overrides.{method}" if method in self.overrides else "unlearn"
         return build_config(_unlearn_config_cls(), values, prefix=prefix)
 
-    def epochs_to_memorize(self) -> int:
+    def epochs_to_memorize(self, built_here: bool) -> int:
+        """finetune_epochs, or its default for a tiny model built here (40) or not (0)."""
         if self.finetune_epochs is not None:
             return self.finetune_epochs
-        return 40 if self.model == "tiny" else 0
+        return 40 if built_here else 0
 
 
 def _unlearn_config_cls():
@@ -157,6 +159,7 @@ class _Artefacts:
     gold: torch.nn.Module | None  # the retain model, rank 0 only
     build: Any  # () -> a fresh model of the same architecture, or None
     data: dict
+    memorize_epochs: int
 
 
 def _qa_sets(cfg: LLMUnlearnConfig, objects: dict):
@@ -220,7 +223,7 @@ def _artefacts(cfg: LLMUnlearnConfig, out: str, resume: bool, rank: int, world: 
 
     def fine_tuned(m, name: str, qas, desc: str):
         """`m` fine-tuned on `qas` (rank 0; the others wait), or its checkpoint in `out`."""
-        epochs = cfg.epochs_to_memorize()
+        epochs = cfg.epochs_to_memorize(build is not None)
         if epochs == 0:
             return m
         if rank == 0 and (not resume or load_checkpoint(out, name) is None):
@@ -248,7 +251,7 @@ def _artefacts(cfg: LLMUnlearnConfig, out: str, resume: bool, rank: int, world: 
     data = {"source": source, "forget": len(forget), "retain": len(retain),
             "holdout": len(holdout) if holdout else 0, "format": repr(fmt)}
     return _Artefacts(model, tokenizer, fmt, forget, retain, holdout, gold if rank == 0 else None,
-                      build, data)
+                      build, data, cfg.epochs_to_memorize(build is not None))
 
 
 def run(cfg: LLMUnlearnConfig, out: str, resume: bool = False, *, model=None, tokenizer=None,
@@ -347,7 +350,7 @@ def run(cfg: LLMUnlearnConfig, out: str, resume: bool = False, *, model=None, to
         "resolved": {"unlearn_configs": configs},
         "data": art.data, "model": {"class": type(art.model).__name__,
                                     "parameters": sum(p.numel() for p in art.model.parameters()),
-                                    "memorize_epochs": cfg.epochs_to_memorize()},
+                                    "memorize_epochs": art.memorize_epochs},
         "history": history, "evals": evals, "model_dirs": model_dirs})
 
 

@@ -5,8 +5,8 @@ four-cell table (clean, watermark only, perturbation only, perturbation + waterm
      procedural faces or the user's CASIA-WebFace-style folder (`--data imagefolder:DIR`) — or
      loaded from a trustfast face checkpoint folder (`face_model`); its threshold is fixed on
      calibration pairs;
-  2. a HiDDeN watermark is trained on the training images, or loaded (`watermark_model`, a
-     folder written by `WatermarkModel.save`);
+  2. a HiDDeN watermark is trained on the training images (and saved in out/watermark_model),
+     or loaded (`watermark_model`, a folder written by `WatermarkModel.save`);
   3. the probes of the evaluation pairs (built-in: unseen procedural identities; or an
      LFW-style `--pairs pairs.txt`, first half calibration, second half evaluation) are attacked
      with `AdversarialWatermarkAttack` at every eps.
@@ -190,6 +190,8 @@ def train_models(cfg: WatermarkAttackConfig, out: str | None = None, resume: boo
         wm_dir = os.path.join(out, "watermark") if out else None
         watermark, _ = train_watermark(x_train.to(device), replace(cfg.watermark, seed=cfg.seed),
                                        hidden_config(cfg), checkpoint_dir=wm_dir, resume=resume)
+        if out:  # the trained watermark, for --watermark-model in later runs
+            watermark.save(os.path.join(out, "watermark_model"))
     watermark.eval()
     return verifier, watermark, tuple(t.to(device) for t in evaluation)
 
