@@ -135,6 +135,21 @@ def test_users_model_and_tofu_files_through_the_cli_and_the_python_api(artefacts
     assert strip(api.rows) == strip(rows)
 
 
+def test_model_name_or_path_is_accepted_as_model(artefacts, tmp_path):
+    """Hugging Face's / OpenUnlearning's config key names the model folder too."""
+    from trustfast.experiments.llm import LLMUnlearnConfig
+
+    cfg = LLMUnlearnConfig(model_name_or_path=str(artefacts / "model"),
+                           forget=str(artefacts / "forget.json"),
+                           retain=str(artefacts / "retain.jsonl"))
+    assert cfg.model == str(artefacts / "model") and cfg.model_name_or_path is None
+    with pytest.raises(ValueError, match="model_name_or_path must be the same as model"):
+        LLMUnlearnConfig(model=str(artefacts / "retain_model"),
+                         model_name_or_path=str(artefacts / "model"),
+                         forget=str(artefacts / "forget.json"),
+                         retain=str(artefacts / "retain.jsonl"))
+
+
 def test_other_field_names_and_data_without_tofu_variants(artefacts, tmp_path):
     """--question-key / --answer-key; without paraphrased / perturbed answers or a retain model
     the truth ratio, forget quality and PrivLeak are left out, not guessed."""

@@ -54,6 +54,7 @@ class LLMUnlearnConfig(ExperimentConfig):
     """One run; the defaults memorize and unlearn the built-in facts in about a minute."""
 
     model: str = "tiny"  # "tiny" (a 2-layer Llama built here) or a local Hugging Face folder
+    model_name_or_path: str | None = None  # Hugging Face's / OpenUnlearning's name for `model`
     forget: str | None = None  # JSON / JSONL QA file (TOFU's fields); None: the built-in facts
     retain: str | None = None
     holdout: str | None = None  # QA never trained on: the non-members of PrivLeak's MIA
@@ -86,6 +87,10 @@ class LLMUnlearnConfig(ExperimentConfig):
         from trustfast.llm.losses import METHODS, canonical_method
 
         super().check()
+        if self.model_name_or_path is not None:  # the ecosystem's spelling: stored as `model`
+            self.require(self.model in ("tiny", self.model_name_or_path), "model_name_or_path",
+                         f"the same as model ({self.model!r}) when both are given")
+            self.model, self.model_name_or_path = self.model_name_or_path, None
         for key in ("model", "retain_model"):
             path = getattr(self, key)
             if path is not None and path != "tiny":
