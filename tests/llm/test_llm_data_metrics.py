@@ -152,6 +152,9 @@ def test_rouge_l_recall_hand_cases():
     assert rouge_l_recall("a b c d", "a c b d") == 0.75  # subsequence, not substring
     assert rouge_l_recall("The CAT, sat.", "the cat sat") == 1.0
     assert rouge_l_recall("anything", "") == 0.0 and rouge_l_recall("", "the cat") == 0.0
+    # Porter stemming (TOFU's use_stemmer=True): "cats"/"cat" and "running"/"runs" match
+    assert rouge_l_recall("the cats were running", "cat runs") == 1.0
+    assert rouge_l_recall("the cats were running", "cat runs", use_stemmer=False) == 0.0
 
 
 def test_exact_match_normalizes_case_punctuation_and_spaces():
@@ -200,7 +203,7 @@ def test_min_k_prob_scores_match_direct_computation(facts, tok, model):
     for k in (0.4, 0.01, 1.0):
         expected = []
         for q, a in zip(questions, answers):
-            lp = direct_log_probs(model, tok, q, a)
+            lp = direct_log_probs(model, tok, q, a)[:-1]  # without the EOS prediction
             n_low = max(1, int(len(lp) * k))
             expected.append(lp.sort().values[:n_low].mean())
         torch.testing.assert_close(min_k_prob_scores(model, tok, questions, answers, k=k),
@@ -257,8 +260,11 @@ def test_mia_auc_hand_case():
 
 
 def test_privleak_hand_case():
-    assert privleak(0.6, 0.5) == pytest.approx(20.0)
-    assert privleak(0.4, 0.5) == pytest.approx(-20.0)
+    # MUSE's sign: an unlearned model that still tells forget from holdout better than the
+    # retain model (a_u > a_r) is under-unlearned, negative
+    assert privleak(0.6, 0.5) == pytest.approx(-20.0)
+    assert privleak(0.4, 0.5) == pytest.approx(20.0)
+    assert privleak(0.9, 0.6) == pytest.approx(-75.0)  # (0.6 - 0.9) / (1 - 0.6)
     assert privleak(0.5, 0.5) == 0.0
     with pytest.raises(ValueError, match="auc_unlearned"):
         privleak(1.5, 0.5)

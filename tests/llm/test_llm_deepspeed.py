@@ -201,7 +201,7 @@ def test_unlearn_config_rejects_unknown_optimizer():
 
 def test_grad_accumulation_equals_one_big_batch_for_sequence_mean_losses():
     """SimNPO's forget term is a mean over sequences: 2 accumulated micro-batches of 2 give
-    the gradient of one batch of 4 when the retain term is off (gamma 0)."""
+    the gradient of one batch of 4 when the retain term is off (retain_loss "none")."""
     from trustfast.llm.models import tiny_llama
 
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def test_grad_accumulation_equals_one_big_batch_for_sequence_mean_losses():
               for _ in range(4)]
     retain = [dict(e) for e in forget]
     a, b = tiny_llama(50, 32, seed=0), tiny_llama(50, 32, seed=0)
-    kw = {"method": "simnpo", "gamma": 0.0, "epochs": 1, "lr": 1e-2}
+    kw = {"method": "simnpo", "retain_loss": "none", "epochs": 1, "lr": 1e-2}
     unlearn(a, forget, retain, UnlearnConfig(batch_size=4, **kw), pad_id=0)
     unlearn(b, forget, retain, UnlearnConfig(batch_size=2, grad_accum_steps=2, **kw), pad_id=0)
     for p, q in zip(a.parameters(), b.parameters()):

@@ -1,5 +1,6 @@
-"""LLM unlearning losses against a direct float64 computation from the logits; the unlearning
-loop's checkpoint/resume; and the end-to-end claim on the built-in facts (slow)."""
+"""LLM unlearning losses: the chunked NLL against Hugging Face's loss, config errors, the
+unlearning loop's checkpoint/resume, and the end-to-end claims on the built-in facts (slow).
+Parity of every loss with OpenUnlearning / WMDP: test_llm_reference_parity.py."""
 
 from __future__ import annotations
 
@@ -45,58 +46,6 @@ def _direct_nll(model, batch):
     return nll.sum(1), nll.sum(1) / tokens, tokens
 
 
-def _expected(method, model, ref, forget, retain, idk, cfg):
-    s, m, n = _direct_nll(model, forget)
-    forget_mean = s.sum() / n.sum()
-    rs, _, rn = _direct_nll(model, retain)
-    retain_mean = rs.sum() / rn.sum()
-    ref_s = _direct_nll(ref, forget)[0]
-    b = cfg.beta
-    if method == "ga":
-        return -forget_mean
-    if method == "graddiff":
-        return -forget_mean + cfg.gamma * retain_mean
-    if method == "npo":
-        return -(2 / b) * fn.logsigmoid(b * (s - ref_s)).mean() + cfg.gamma * retain_mean
-    if method == "simnpo":
-        return -(2 / b) * fn.logsigmoid(b * m - cfg.delta).mean() + cfg.gamma * retain_mean
-    if method == "idkdpo":
-        idk_s = _direct_nll(model, idk)[0]
-        ref_idk = _direct_nll(ref, idk)[0]
-        margin = (ref_idk - idk_s) - (ref_s - s)
-        return -(2 / b) * fn.logsigmoid(b * margin).mean() + cfg.gamma * retain_mean
-    # ga_kl: KL(p_ref || p_theta) per answer token of the retain batch
-    logp = fn.log_softmax(model(input_ids=retain["input_ids"],
-                                attention_mask=retain["attention_mask"]).logits[:, :-1], -1)
-    ref_logp = fn.log_softmax(ref(input_ids=retain["input_ids"],
-                                  attention_mask=retain["attention_mask"]).logits[:, :-1], -1)
-    keep = retain["labels"][:, 1:] != -100
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)[keep].sum() / keep.sum()
-    return -forget_mean + cfg.gamma * kl
-
-
-@pytest.mark.parametrize("method", ["ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo"])
-def test_loss_matches_direct_float64_computation(method):
-    ref = _model(seed=1)
-    model = _model(seed=0)
-    forget, retain, idk = _batch(0), _batch(1), _batch(2)
-    with torch.no_grad():
-        forget["ref_nll"] = _direct_nll(ref, forget)[0]
-        forget["ref_idk_nll"] = _direct_nll(ref, idk)[0]
-    forget.update({f"idk_{k}": v for k, v in idk.items()})
-    cfg = LossConfig(method, gamma=0.7, delta=0.3)
-    loss, logs = unlearning_loss(model, forget, retain, cfg, ref_model=ref)
-    want = _expected(method, model, ref, forget, retain, idk, cfg)
-    torch.testing.assert_close(loss, want, rtol=1e-10, atol=1e-10)
-    assert logs["loss"] == pytest.approx(float(want.detach()))
-    # and its gradient
-    params = [p for p in model.parameters()]
-    got_g = torch.autograd.grad(loss, params)
-    want_g = torch.autograd.grad(_expected(method, model, ref, forget, retain, idk, cfg), params)
-    for g, w in zip(got_g, want_g):
-        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-11)
-
-
 def test_sequence_nlls_equal_hf_loss():
     model = _model()
     batch = _batch(3)
@@ -107,7 +56,7 @@ def test_sequence_nlls_equal_hf_loss():
 
 
 def test_loss_config_defaults_and_errors():
-    assert LossConfig("npo").beta == 0.1 and LossConfig("simnpo").beta == 2.5
+    assert LossConfig("npo").beta == 0.1 and LossConfig("simnpo").beta == 4.5
     with pytest.raises(ValueError, match="method"):
         LossConfig("rmu2")
     with pytest.raises(ValueError, match="beta"):
@@ -157,69 +106,58 @@ def _facts_rows(tmp_path, **kw) -> dict:
 @pytest.mark.slow
 def test_facts_unlearning_end_to_end(tmp_path, one_intra_op_thread):
     """Tiny Llama memorizes the facts (forget and retain EM 1.0), then each method brings
-    forget EM to <= 20 %. Retain EM stays >= 80 % of its value for SimNPO (measured 0.975);
-    GA and NPO destroy the retain answers by the time forget EM reaches 0 (retain EM 0.125,
-    measured): see test_ga_npo_keep_retain below."""
+    forget EM to <= 20 %. Retain EM stays >= 80 % of its value for SimNPO (OpenUnlearning's
+    beta 4.5, forget weight 0.125; measured forget 0.0625, retain 0.95); GA and NPO destroy the
+    retain answers by the time forget EM reaches 0 (retain EM 0.125, measured): see
+    test_ga_npo_keep_retain below."""
     rows = _facts_rows(tmp_path)
     assert rows["original"]["forget_EM"] == 1.0 and rows["original"]["retain_EM"] >= 0.95
     for method in ("ga", "npo", "simnpo"):
         assert rows[method]["forget_EM"] <= 0.2, rows
     assert rows["simnpo"]["retain_EM"] >= 0.8 * rows["original"]["retain_EM"], rows
-    assert rows["simnpo"]["forget_truth_ratio"] < rows["original"]["forget_truth_ratio"]
+    # the forget truth ratio, mean(min(R, 1/R)), moves toward the retain model's (measured:
+    # original 0.620, SimNPO 0.680, retain-only 0.729)
+    assert rows["original"]["forget_truth_ratio"] < rows["simnpo"]["forget_truth_ratio"]
+    assert rows["simnpo"]["forget_truth_ratio"] < rows["retain_only"]["forget_truth_ratio"]
     # forget quality: the retain-only model against itself is 1; unlearning moves the forget
-    # truth ratios toward it (measured: original 0.011, SimNPO 0.215, GA and NPO 0.716)
+    # truth ratios toward it (measured: original 0.011, SimNPO 0.035, GA and NPO 0.716)
     assert rows["retain_only"]["forget_quality"] == 1.0
     assert rows["retain_only"]["privleak"] == 0.0
+    # PrivLeak with MUSE's sign: the memorized model is under-unlearned, negative (-100)
+    assert rows["original"]["privleak"] < -50
     assert rows["original"]["forget_quality"] < 0.05
     for method in ("ga", "npo", "simnpo"):
+        assert rows[method]["forget_quality"] > rows["original"]["forget_quality"], rows
+    for method in ("ga", "npo"):
         assert rows[method]["forget_quality"] > 4 * rows["original"]["forget_quality"], rows
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="GA and NPO (5 epochs, lr 1e-3) keep 12.5 % retain EM "
-                   "at forget EM 0 on the tiny model; the issue asks >= 80 %")
+                   "at forget EM 0 on the tiny model; the issue asks >= 80 %. Of the recipes "
+                   "tried (BENCHMARKS.md), NPO+RT keeps 95 % only at lr 3e-4, 10 epochs, retain "
+                   "weight 5; GA (no retain term) at best 75 % (lr 3e-4, 10 epochs)")
 def test_ga_npo_keep_retain(tmp_path, one_intra_op_thread):
     rows = _facts_rows(tmp_path, methods=["ga", "npo"])
     for method in ("ga", "npo"):
         assert rows[method]["retain_EM"] >= 0.8 * rows["original"]["retain_EM"], rows
 
 
-def test_rmu_loss_matches_direct_computation():
-    ref = _model(seed=1)
-    model = _model(seed=0)
-    forget, retain = _batch(0), _batch(1)
-    cfg = LossConfig("rmu", steering_coeff=3.0, gamma=50.0, seed=4)
-    assert LossConfig("rmu").gamma == 1200.0  # WMDP's alpha
-    loss, logs = unlearning_loss(model, forget, retain, cfg, ref_model=ref)
-    layer = 0  # rmu_layer 7 clamped to the tiny model's second-to-last layer
-    u = torch.rand(32, generator=torch.Generator().manual_seed(4)).double()
-    target = 3.0 * u / u.norm()
-
-    def acts(m, b):
-        return m.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                            output_hidden_states=True).hidden_states[layer + 1]
-
-    fm, rm = forget["attention_mask"].bool(), retain["attention_mask"].bool()
-    forget_term = ((acts(model, forget) - target) ** 2).mean(-1)[fm].mean()
-    retain_term = ((acts(model, retain) - acts(ref, retain)) ** 2).mean(-1)[rm].mean()
-    torch.testing.assert_close(loss, forget_term + 50.0 * retain_term, rtol=1e-12, atol=1e-12)
-    assert logs["forget_mse"] == pytest.approx(float(forget_term.detach()))
-
-
-def test_rmu_trains_only_the_chosen_mlps():
+def test_rmu_trains_only_down_proj():
     forget, retain = _examples(30, 4), _examples(40, 4)
     model = tiny_llama(VOCAB, hidden_size=32, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     unlearn(model, forget, retain, UnlearnConfig(method="rmu", epochs=2, lr=1e-2, batch_size=2,
-                                                 steering_coeff=5.0, gamma=1.0), pad_id=0)
+                                                 steering_coeff=5.0, alpha=1.0), pad_id=0)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(k.startswith("model.layers.0.mlp.") for k in changed), changed
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}, changed  # WMDP's choice
 
 
 @pytest.mark.slow
 def test_rmu_forgets_and_keeps_retain_on_facts(tmp_path, one_intra_op_thread):
-    """RMU with c = 20, retain weight 100, 20 epochs (the tiny model's activations are far
-    smaller than Zephyr's, for which WMDP picked c 6.5): measured forget EM 0.0, retain 1.0."""
+    """RMU with the tiny model's constants (experiments.llm.TINY_OVERRIDES: c = 20, retain weight
+    100, 20 epochs, the whole MLP of layer 0, as WMDP's three down_proj layers collapse to one
+    matrix on 2 layers): measured forget EM 0.0625, retain 1.0."""
     rows = _facts_rows(tmp_path, methods=["rmu"])
     assert rows["rmu"]["forget_EM"] <= 0.2, rows
     assert rows["rmu"]["retain_EM"] >= 0.8 * rows["original"]["retain_EM"], rows

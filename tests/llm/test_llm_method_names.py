@@ -21,9 +21,9 @@ def test_openunlearning_names_map_to_ours(name, canonical):
         assert canonical_method(spelling) == canonical
         assert LossConfig(spelling).method == canonical
         assert asdict(UnlearnConfig(method=spelling))["method"] == canonical
-    # the method's defaults follow the canonical name (SimNPO's beta 2.5, RMU's gamma 1200)
-    assert LossConfig(name).beta == LossConfig(canonical).beta
-    assert LossConfig(name).gamma == LossConfig(canonical).gamma
+    # the method's defaults follow the canonical name (SimNPO's beta 4.5, RMU's alpha 1200)
+    for key in ("beta", "gamma", "alpha", "retain_loss"):
+        assert getattr(LossConfig(name), key) == getattr(LossConfig(canonical), key)
 
 
 def test_our_names_in_any_case_and_unknown_names_list_both_spellings():
@@ -38,11 +38,13 @@ def test_our_names_in_any_case_and_unknown_names_list_both_spellings():
 
 
 def test_experiment_config_stores_canonical_names():
-    from trustfast.experiments.llm import LLMUnlearnConfig
+    from trustfast.experiments.llm import TINY_OVERRIDES, LLMUnlearnConfig
 
     cfg = LLMUnlearnConfig(methods=["GradAscent", "NPO", "simnpo"],
                            overrides={"RMU": {"epochs": 2}})
-    assert cfg.methods == ["ga", "npo", "simnpo"] and cfg.overrides == {"rmu": {"epochs": 2}}
+    assert cfg.methods == ["ga", "npo", "simnpo"]
+    # over the tiny model's RMU constants (a model folder gets only the user's)
+    assert cfg.overrides == {"rmu": {**TINY_OVERRIDES["rmu"], "epochs": 2}}
     assert cfg.method_config("npo").method == "npo"
     with pytest.raises(ValueError, match="methods must be one of"):
         LLMUnlearnConfig(methods=["nope"])

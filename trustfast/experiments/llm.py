@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
-from trustfast.config import ConfigError, build_config
+from trustfast.config import ConfigError, build_config, merge_mappings
 from trustfast.experiments.plots import grouped_bars
 from trustfast.experiments.registry import Experiment, ExperimentConfig, Flag, Result, register
 from trustfast.experiments.runner import RowStore
@@ -47,6 +47,14 @@ from trustfast.utils import resolve_device
 DTYPES = ("float32", "bfloat16", "float16")
 SCORES = ("forget_EM", "retain_EM", "forget_ROUGE", "retain_ROUGE", "forget_truth_ratio",
           "forget_quality", "privleak")
+
+
+# RMU on the 2-layer tiny Llama: WMDP's layers l-2..l collapse to layer 0, so its down_proj
+# alone is one matrix (measured forget EM 1.0 at lr 1e-3 and 0.625 at lr 1e-2, 20 epochs);
+# that layer's whole MLP forgets (0.0625, retain 1.0). Its activations are far smaller than
+# Zephyr's, for which WMDP picked c 6.5 and alpha 1200.
+TINY_OVERRIDES = {"rmu": {"steering_coeff": 20.0, "alpha": 100.0, "epochs": 20,
+                          "rmu_params": "mlp"}}
 
 
 @dataclass
@@ -74,9 +82,10 @@ class LLMUnlearnConfig(ExperimentConfig):
     methods: list[str] = field(default_factory=lambda: ["ga", "npo", "simnpo"])
     # UnlearnConfig fields shared by every method (trustfast.llm.train.UnlearnConfig)
     unlearn: dict[str, Any] = field(default_factory=lambda: {"epochs": 5, "lr": 1e-3})
-    # per-method UnlearnConfig fields over `unlearn`, e.g. RMU's constants for the tiny model
-    overrides: dict[str, dict] = field(default_factory=lambda: {
-        "rmu": {"steering_coeff": 20.0, "gamma": 100.0, "epochs": 20}})
+    # per-method UnlearnConfig fields over `unlearn`; for the tiny model built here they go
+    # over TINY_OVERRIDES (RMU's constants for it); a model folder gets the methods' reference
+    # defaults
+    overrides: dict[str, dict] = field(default_factory=dict)
     retain_eval: int = 40  # retain questions scored (greedy decoding costs a second each)
     max_new_tokens: int = 12  # greedy answer length
     zero: ZeroConfig | None = None  # DeepSpeed ZeRO for every method (None: plain PyTorch)
@@ -125,6 +134,8 @@ class LLMUnlearnConfig(ExperimentConfig):
                               for m, v in self.overrides.items()}
         except ValueError as exc:
             raise ConfigError("", str(exc)) from None
+        if self.model == "tiny":
+            self.overrides = merge_mappings(TINY_OVERRIDES, self.overrides)
         self.require("method" not in self.unlearn, "unlearn.method",
                      "left out (the methods come from `methods`)")
         build_config(_unlearn_config_cls(), {"seed": self.seed, **self.unlearn},

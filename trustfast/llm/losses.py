@@ -1,29 +1,47 @@
-"""Unlearning losses on Hugging Face causal LMs, from per-sequence NLLs.
+"""Unlearning losses on Hugging Face causal LMs, from per-sequence NLLs, as the field's reference
+code defines them: OpenUnlearning (github.com/locuslab/open-unlearning, src/trainer/unlearn/*.py
+and src/trainer/utils.py) for GA, GradDiff, NPO, SimNPO and DPO; WMDP (github.com/
+centerforaisafety/wmdp, rmu/unlearn.py) for RMU.
 
 Every forget/retain NLL goes through `trustfast.ops.sequence_nll` (final hidden states and the
 LM head, chunk by chunk: no batch x tokens x vocab logits). NLL_sum is the summed NLL of a
-sequence's answer tokens, NLL_mean = NLL_sum / tokens; log pi(y|x) = -NLL_sum.
+sequence's answer tokens, NLL_mean = NLL_sum / tokens; log pi(y|x) = -NLL_sum. With OpenUnlearning's
+names, `gamma` weighs the forget term and `alpha` the retain term R:
 
-  ga        -NLL_f                                           (gradient ascent on the forget set)
-  graddiff  -NLL_f + gamma * NLL_r                           (gradient difference)
-  ga_kl     -NLL_f + gamma * KL(p_ref || p_theta) on retain  (needs the reference model's logits)
-  npo       -(2/beta) E_f log sigmoid(beta (NLL_sum,theta - NLL_sum,ref)) + gamma * NLL_r
-            (Zhang et al. 2024; beta 0.1)
-  simnpo    -(2/beta) E_f log sigmoid(beta NLL_mean,theta - delta) + gamma * NLL_r
-            (Fan et al. 2024: length-normalized, no reference model; beta 2.5, delta 0)
-  idkdpo    -(2/beta) E_f log sigmoid(beta [(NLL_ref(y) - NLL(y)) - (NLL_ref(idk) - NLL(idk))])
-            + gamma * NLL_r   (DPO with the refusal "I don't know" preferred; beta 0.1)
-  rmu       mean_f ||h_l(x) - c u||^2 + gamma * mean_r ||h_l(x) - h_l^frozen(x)||^2
-            (Li et al. 2024, WMDP: steer layer-l activations of forget tokens toward a scaled
-            random unit vector u, keep retain activations; c 6.5, gamma 1200, layer 7; only the
-            MLPs of layers l-2..l are trained, see `rmu_parameters`)
+  ga        gamma (-NLL_f)                                  (GradAscent: no retain term)
+  graddiff  gamma (-NLL_f) + alpha R                        (GradDiff; R = NLL_r by default)
+  ga_kl     graddiff with R = KL(p_ref || p_theta) on the retain batch (GradDiff,
+            retain_loss_type KL)
+  npo       gamma (-(2/beta) E_f log sigmoid(beta (NLL_sum,theta - NLL_sum,ref))) + alpha R
+            (Zhang et al. 2024; beta 0.1). With the default R = NLL_r this is the NPO paper's
+            NPO+RT and OpenUnlearning's NPO; retain_loss="none" is the paper's plain NPO.
+  simnpo    gamma (-(2/beta) E_f log sigmoid(beta (NLL_mean,theta - delta))) + alpha R
+            (Fan et al. 2024: length-normalized, no reference model, the margin delta inside;
+            OpenUnlearning's defaults beta 4.5, gamma 0.125, delta 0). retain_loss="none" drops
+            the retain term (SimNPO without regularization).
+  idkdpo    gamma (-(2/beta) E_f log sigmoid(beta [(NLL_ref(y) - NLL(y)) - (NLL_ref(idk) -
+            NLL(idk))])) + alpha R   (OpenUnlearning's DPO: the refusal "I don't know" is
+            preferred; beta 0.1)
+  rmu       gamma mse(h_l(x_f), c u) + alpha mse(h_l(x_r), h_l^frozen(x_r))
+            (Li et al. 2024, WMDP: steer layer-l activations of forget text toward a scaled
+            random unit vector u, keep retain activations; c 6.5, alpha 1200, layer 7; only
+            mlp.down_proj of layers l-2..l is trained, see `rmu_parameters`)
+
+Retain terms R (`retain_loss`): "nll" (token mean over the retain batch, Hugging Face's loss),
+"kl" (KL(p_ref || p_theta) from the full logits; `kl_tokens="all"` averages over every
+position of the batch, padding and prompt included, as OpenUnlearning's compute_kl_divergence;
+"answer" over answer tokens only, trustfast's variant, which padding does not dilute) or "none".
+RMU's MSEs average over every position and hidden unit (`rmu_tokens="all"`, WMDP's
+torch.nn.functional.mse_loss) or, per sequence, over its answer tokens and then over the batch
+(`rmu_tokens="answer"`, OpenUnlearning's RMU).
 
 OpenUnlearning's trainer names are accepted for these (any case; `canonical_method`):
 GradAscent = ga, GradDiff = graddiff, NPO = npo, SimNPO = simnpo, RMU = rmu, DPO = idkdpo.
 
 NLL_f and NLL_r are token means over the batch (Hugging Face's loss). The reference model's
 summed NLLs can be precomputed once (`reference_nlls`) and passed in the batch as `ref_nll`
-(and `ref_idk_nll`), so the reference model need not stay in memory (not for ga_kl).
+(and `ref_idk_nll`), so the reference model need not stay in memory (not for a KL retain term
+or RMU, which need the reference model's logits or activations on each retain batch).
 """
 
 from __future__ import annotations
@@ -37,15 +55,23 @@ from torch.nn import functional as fn
 from trustfast.ops.sequence_nll import SequenceNLL, sequence_nll
 
 METHODS = ("ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
-NEEDS_REFERENCE = ("npo", "idkdpo")  # summed NLLs of the reference model (cacheable)
-NEEDS_REFERENCE_MODEL = ("ga_kl", "rmu")  # reference logits / activations on the retain batch
-NEEDS_RETAIN = ("graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
+RETAIN_LOSSES = ("nll", "kl", "none", "embed_diff")
+# per method: the retain terms it accepts, the first being its default
+_RETAIN_CHOICES = {"ga": ("none",), "graddiff": ("nll", "kl"), "ga_kl": ("kl",),
+                   "npo": ("nll", "kl", "none"), "simnpo": ("nll", "kl", "none"),
+                   "idkdpo": ("nll", "kl", "none"), "rmu": ("embed_diff",)}
+TOKEN_AVERAGES = ("all", "answer")
+RMU_PARAMS = ("down_proj", "mlp", "all")
 # OpenUnlearning's trainer names. Its DPO trainer prefers the "alternate" answers of its IdK
 # datasets (TOFU_QA_forget_idk: "I don't know" answers) over the forget answers against a frozen
 # reference model, with -(2/beta) log sigmoid(beta (win log-ratio - lose log-ratio)): idkdpo.
 OPENUNLEARNING_NAMES = {"GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo",
                         "SimNPO": "simnpo", "RMU": "rmu", "DPO": "idkdpo"}
 _ALIASES = {k.lower(): v for k, v in OPENUNLEARNING_NAMES.items()}
+# the references' constants where they differ from beta 0.1 / gamma 1 / alpha 1
+_BETA = {"simnpo": 4.5}  # OpenUnlearning configs/trainer/SimNPO.yaml
+_GAMMA = {"simnpo": 0.125}  # OpenUnlearning's SimNPO.yaml (npo_coeff of the SimNPO authors)
+_ALPHA = {"rmu": 1200.0}  # WMDP rmu/unlearn.py --alpha
 
 
 def canonical_method(name: str, key: str = "method") -> str:
@@ -65,29 +91,61 @@ def canonical_method(name: str, key: str = "method") -> str:
 
 @dataclass
 class LossConfig:
-    """Constants of the unlearning losses (defaults: the papers' / OpenUnlearning's)."""
+    """Constants of the unlearning losses; None takes the method's reference default."""
 
     method: str = "npo"  # one of METHODS or OpenUnlearning's name; stored as ours
-    beta: float | None = None  # inverse temperature: NPO / IdkDPO 0.1, SimNPO 2.5 when None
-    gamma: float | None = None  # weight of the retain term: 1.0 (RMU: 1200) when None
-    alpha: float = 1.0  # weight of the forget term
-    delta: float = 0.0  # SimNPO's reward margin
+    beta: float | None = None  # inverse temperature: NPO / DPO 0.1, SimNPO 4.5
+    gamma: float | None = None  # weight of the forget term: 1 (SimNPO 0.125)
+    alpha: float | None = None  # weight of the retain term: 1 (RMU 1200, WMDP's alpha)
+    delta: float = 0.0  # SimNPO's reward margin, inside: beta (NLL_mean - delta)
+    retain_loss: str | None = None  # nll | kl | none (RMU: embed_diff); None: the method's
+    kl_tokens: str = "all"  # KL retain term: all positions (OpenUnlearning) | answer tokens
     rmu_layer: int = 7  # RMU: the steered layer (clamped to the model's second-to-last)
     steering_coeff: float = 6.5  # RMU: c, the norm of the target activation c u
+    rmu_params: str = "down_proj"  # RMU trains: down_proj (WMDP) | mlp | all (OpenUnlearning)
+    rmu_tokens: str = "all"  # RMU's MSE over: all positions (WMDP) | answer (OpenUnlearning)
     seed: int = 0  # RMU: seeds the random direction u
 
     def __post_init__(self):
         self.method = canonical_method(self.method)
+        choices = _RETAIN_CHOICES[self.method]
+        if self.retain_loss is None:
+            self.retain_loss = choices[0]
+        if self.retain_loss not in choices:
+            raise ValueError(f"retain_loss must be one of {choices} for {self.method}, got "
+                             f"{self.retain_loss!r}")
         if self.beta is None:
-            self.beta = 2.5 if self.method == "simnpo" else 0.1
+            self.beta = _BETA.get(self.method, 0.1)
         if self.gamma is None:
-            self.gamma = 1200.0 if self.method == "rmu" else 1.0
+            self.gamma = _GAMMA.get(self.method, 1.0)
+        if self.alpha is None:
+            self.alpha = _ALPHA.get(self.method, 1.0)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.gamma < 0 or self.alpha < 0:
-            raise ValueError("gamma and alpha must be >= 0")
+        for name in ("gamma", "alpha"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rmu_layer < 0 or not self.steering_coeff > 0:
             raise ValueError("rmu_layer must be >= 0 and steering_coeff > 0")
+        for name, allowed in (("kl_tokens", TOKEN_AVERAGES), ("rmu_tokens", TOKEN_AVERAGES),
+                              ("rmu_params", RMU_PARAMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def needs_retain(self) -> bool:
+        """A retain batch is paired with every forget batch."""
+        return self.retain_loss != "none"
+
+    @property
+    def needs_reference_nll(self) -> bool:
+        """The forget batch carries the frozen model's summed NLLs (`ref_nll`)."""
+        return self.method in ("npo", "idkdpo")
+
+    @property
+    def needs_reference_model(self) -> bool:
+        """A frozen copy of the model runs on every retain batch (KL logits, RMU activations)."""
+        return self.retain_loss in ("kl", "embed_diff")
 
 
 def _decoder_and_head(model: nn.Module):
@@ -125,16 +183,23 @@ def reference_nlls(model: nn.Module, batches) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _retain_kl(model, ref_model, batch) -> torch.Tensor:
-    """KL(p_ref || p_theta) per answer token of the retain batch, averaged (full logits)."""
+def _retain_kl(model, ref_model, batch, tokens: str) -> torch.Tensor:
+    """KL(p_ref || p_theta) of the retain batch from the full logits: summed over the vocabulary,
+    averaged over every position (tokens="all", OpenUnlearning's compute_kl_divergence:
+    kl_div(..., reduction="batchmean") over batch x length rows) or over the answer tokens
+    (tokens="answer": the positions that predict a label)."""
     with torch.no_grad():
         ref_logits = ref_model(input_ids=batch["input_ids"],
                                attention_mask=batch.get("attention_mask")).logits
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-    mask = batch["labels"][:, 1:] != -100
     dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    ref_logp = fn.log_softmax(ref_logits[:, :-1].to(dt), -1)[mask]
-    logp = fn.log_softmax(logits[:, :-1].to(dt), -1)[mask]
+    if tokens == "all":
+        logp = fn.log_softmax(logits.to(dt), -1).flatten(0, 1)
+        ref_logp = fn.log_softmax(ref_logits.to(dt), -1).flatten(0, 1)
+    else:
+        mask = batch["labels"][:, 1:] != -100
+        logp = fn.log_softmax(logits[:, :-1].to(dt), -1)[mask]
+        ref_logp = fn.log_softmax(ref_logits[:, :-1].to(dt), -1)[mask]
     return fn.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
 
 
@@ -146,12 +211,24 @@ def rmu_layer(model: nn.Module, config: LossConfig) -> int:
 
 
 def rmu_parameters(model: nn.Module, config: LossConfig) -> list[nn.Parameter]:
-    """The parameters RMU trains: the MLPs of layers l-2..l (WMDP's choice)."""
+    """The parameters RMU trains (`config.rmu_params`): "down_proj", the MLP output projection
+    of layers l-2..l (WMDP's layer_ids l-2,l-1,l and param_ids [6], mlp.down_proj.weight of a
+    Llama / Mistral layer); "mlp", the whole MLP of those layers; "all", every parameter
+    (OpenUnlearning's configs/trainer/RMU.yaml)."""
+    if config.rmu_params == "all":
+        return list(model.parameters())
     layer = rmu_layer(model, config)
     decoder = model.base_model
     params = []
     for i in range(max(0, layer - 2), layer + 1):
-        params += list(decoder.layers[i].mlp.parameters())
+        mlp = decoder.layers[i].mlp
+        if config.rmu_params == "down_proj":
+            if not hasattr(mlp, "down_proj"):
+                raise TypeError(f"rmu_params='down_proj' needs a Llama-style MLP with "
+                                f"down_proj; layer {i}'s MLP is {type(mlp).__name__}: use "
+                                "rmu_params='mlp' or 'all'")
+            mlp = mlp.down_proj
+        params += list(mlp.parameters())
     return params
 
 
@@ -167,18 +244,26 @@ def rmu_direction(hidden_size: int, config: LossConfig, like: torch.Tensor) -> t
     return config.steering_coeff * u / u.norm()
 
 
+def _activation_mse(act: torch.Tensor, target: torch.Tensor, batch: dict,
+                    tokens: str) -> torch.Tensor:
+    squared = (act - target) ** 2  # (B, T, D)
+    if tokens == "all":  # WMDP: F.mse_loss over every position and unit
+        return squared.mean()
+    mask = (batch["labels"] != -100).to(squared)  # OpenUnlearning's compute_activation_loss
+    per_sequence = (squared.mean(-1) * mask).sum(-1) / mask.sum(-1)
+    return per_sequence.mean()
+
+
 def _rmu_loss(model, ref_model, forget, retain, config) -> tuple[torch.Tensor, dict]:
     layer = rmu_layer(model, config)
     f_act = _activations(model, forget, layer)
     target = rmu_direction(f_act.shape[-1], config, f_act)
-    f_mask = forget.get("attention_mask", torch.ones_like(forget["input_ids"])).bool()
-    forget_term = ((f_act - target) ** 2).mean(-1)[f_mask].mean()
+    forget_term = _activation_mse(f_act, target, forget, config.rmu_tokens)
     r_act = _activations(model, retain, layer)
     with torch.no_grad():
         r_ref = _activations(ref_model, retain, layer)
-    r_mask = retain.get("attention_mask", torch.ones_like(retain["input_ids"])).bool()
-    retain_term = ((r_act - r_ref) ** 2).mean(-1)[r_mask].mean()
-    loss = config.alpha * forget_term + config.gamma * retain_term
+    retain_term = _activation_mse(r_act, r_ref, retain, config.rmu_tokens)
+    loss = config.gamma * forget_term + config.alpha * retain_term
     return loss, {"forget_mse": float(forget_term.detach()),
                   "retain_mse": float(retain_term.detach()), "loss": float(loss.detach())}
 
@@ -192,13 +277,15 @@ def unlearning_loss(model: nn.Module, forget: dict, retain: dict | None, config:
     `idk_attention_mask` and `ref_idk_nll`.
     """
     c = config
-    if c.method in NEEDS_RETAIN and retain is None:
-        raise ValueError(f"method {c.method!r} needs a retain batch")
-    if c.method in NEEDS_REFERENCE and "ref_nll" not in forget:
+    if c.needs_retain and retain is None:
+        raise ValueError(f"method {c.method!r} with retain_loss {c.retain_loss!r} needs a "
+                         "retain batch")
+    if c.needs_reference_nll and "ref_nll" not in forget:
         raise ValueError(f"method {c.method!r} needs the forget batch's reference NLLs "
                          "(forget['ref_nll'], see reference_nlls)")
-    if c.method in NEEDS_REFERENCE_MODEL and ref_model is None:
-        raise ValueError(f"method {c.method!r} needs ref_model= (a frozen copy of the model)")
+    if c.needs_reference_model and ref_model is None:
+        raise ValueError(f"method {c.method!r} with retain_loss {c.retain_loss!r} needs "
+                         "ref_model= (a frozen copy of the model)")
     if c.method == "rmu":
         return _rmu_loss(model, ref_model, forget, retain, c)
     f = sequence_nlls(model, forget["input_ids"], forget["labels"], forget.get("attention_mask"))
@@ -209,7 +296,7 @@ def unlearning_loss(model: nn.Module, forget: dict, retain: dict | None, config:
         ref = forget["ref_nll"].to(f.sum)
         forget_term = -(2 / c.beta) * fn.logsigmoid(c.beta * (f.sum - ref)).mean()
     elif c.method == "simnpo":
-        forget_term = -(2 / c.beta) * fn.logsigmoid(c.beta * f.mean - c.delta).mean()
+        forget_term = -(2 / c.beta) * fn.logsigmoid(c.beta * (f.mean - c.delta)).mean()
     else:  # idkdpo: the refusal is preferred, the forget answer dispreferred
         if "idk_input_ids" not in forget or "ref_idk_nll" not in forget:
             raise ValueError("idkdpo needs idk_input_ids / idk_labels / ref_idk_nll in the "
@@ -219,16 +306,16 @@ def unlearning_loss(model: nn.Module, forget: dict, retain: dict | None, config:
         chosen = forget["ref_idk_nll"].to(idk.sum) - idk.sum  # log pi(idk) - log pi_ref(idk)
         rejected = forget["ref_nll"].to(f.sum) - f.sum
         forget_term = -(2 / c.beta) * fn.logsigmoid(c.beta * (chosen - rejected)).mean()
-    loss = c.alpha * forget_term
-    if c.method == "ga_kl":
-        kl = _retain_kl(model, ref_model, retain)
-        loss = loss + c.gamma * kl
+    loss = c.gamma * forget_term
+    if c.retain_loss == "kl":
+        kl = _retain_kl(model, ref_model, retain, c.kl_tokens)
+        loss = loss + c.alpha * kl
         logs["retain_kl"] = float(kl.detach())
-    elif c.method in NEEDS_RETAIN:
+    elif c.retain_loss == "nll":
         r = sequence_nlls(model, retain["input_ids"], retain["labels"],
                           retain.get("attention_mask"))
         retain_nll = _token_mean(r)
-        loss = loss + c.gamma * retain_nll
+        loss = loss + c.alpha * retain_nll
         logs["retain_nll"] = float(retain_nll.detach())
     logs["loss"] = float(loss.detach())
     return loss, logs

@@ -14,6 +14,7 @@ prompt). Metrics that need TOFU's paraphrased / perturbed answers raise
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,8 @@ _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def _words(text: str) -> list[str]:
-    # rouge_score's default tokenizer: lowercase, every non-alphanumeric run is a separator.
+    # rouge_score's default tokenizer without its stemmer: lowercase, every non-alphanumeric
+    # run is a separator.
     return _NON_ALNUM.sub(" ", text.lower()).split()
 
 
@@ -36,30 +38,34 @@ def _check_text(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
 
 
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """ROUGE-L recall: LCS(prediction, reference) / len(reference), over lowercased
-    alphanumeric words (punctuation separates words and is dropped), no stemming.
+@functools.lru_cache(maxsize=2)
+def _rouge_scorer(use_stemmer: bool):
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ImportError("ROUGE-L needs the rouge-score package (pip install rouge-score, or "
+                          "trustfast[llm])") from None
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
-    TOFU (Maini et al., 2024) and OpenUnlearning report the recall of ROUGE-L ("rougeL_recall"),
-    not its F-measure. An empty reference scores 0.
+
+def rouge_l_recall(prediction: str, reference: str, use_stemmer: bool = True) -> float:
+    """ROUGE-L recall, LCS(prediction, reference) / len(reference) in words, from the
+    `rouge-score` package: `RougeScorer(["rougeL"], use_stemmer=True).score(reference,
+    prediction)["rougeL"].recall`, as TOFU (Maini et al., 2024) and OpenUnlearning
+    (src/evals/metrics/utils.py, eval_text_similarity) report it ("rougeL_recall"). Its
+    tokenizer lowercases, splits at every non-alphanumeric character and Porter-stems words
+    longer than 3 letters ("running" matches "runs"); `use_stemmer=False` compares the words
+    as they are. An empty reference or prediction scores 0.
     """
     _check_text("prediction", prediction)
     _check_text("reference", reference)
-    pred, ref = _words(prediction), _words(reference)
-    if not pred or not ref:
-        return 0.0
-    # One row of the LCS table at a time: O(len(pred) * len(ref)) time, O(len(ref)) memory.
-    row = [0] * (len(ref) + 1)
-    for p in pred:
-        diagonal = 0
-        for j, r in enumerate(ref, start=1):
-            diagonal, row[j] = row[j], diagonal + 1 if p == r else max(row[j], row[j - 1])
-    return row[-1] / len(ref)
+    return float(_rouge_scorer(bool(use_stemmer)).score(reference, prediction)["rougeL"].recall)
 
 
 def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the normalized texts are equal, else 0.0; normalization as in `rouge_l_recall`
-    (lowercase, punctuation dropped, whitespace collapsed), as in SQuAD-style exact match."""
+    """1.0 when the normalized texts are equal, else 0.0: lowercase, punctuation dropped,
+    whitespace collapsed (rouge-score's tokenization without stemming), as in SQuAD-style
+    exact match."""
     _check_text("prediction", prediction)
     _check_text("reference", reference)
     return float(_words(prediction) == _words(reference))
@@ -234,7 +240,9 @@ def truth_ratio_score(r: torch.Tensor | Sequence[float],
     """Aggregate truth ratios R as OpenUnlearning does for TOFU.
 
     "true_better" (retain / real-authors / world-facts sets, "Truth Ratio" in TOFU's model
-    utility): mean(max(0, 1 - R)). "closer_to_1_better" (forget set): mean(min(R, 1/R)).
+    utility): mean(max(0, 1 - R)). "closer_to_1_better" (forget set, OpenUnlearning's
+    forget_Truth_Ratio): mean(min(R, 1 / (R + 1e-10))), 1 when the model cannot tell the true
+    answer from the false ones. As src/evals/metrics/memorization.py (truth_ratio) computes them.
     """
     r = torch.as_tensor(r, dtype=torch.float64)
     if r.ndim != 1 or r.numel() == 0:
@@ -242,7 +250,7 @@ def truth_ratio_score(r: torch.Tensor | Sequence[float],
     if aggregator == "true_better":
         return float((1 - r).clamp_min(0).mean())
     if aggregator == "closer_to_1_better":
-        return float(torch.minimum(r, 1 / r).mean())
+        return float(torch.minimum(r, 1 / (r + 1e-10)).mean())
     raise ValueError(f"aggregator must be 'true_better' or 'closer_to_1_better', "
                      f"got {aggregator!r}")
 
@@ -274,17 +282,23 @@ def min_k_prob_scores(model: nn.Module, tokenizer, questions: Sequence[str],
                       answers: Sequence[str], k: float = 0.4,
                       batch_size: int = 16) -> torch.Tensor:
     """Min-K% Prob membership score per sample (Shi et al., ICLR 2024; MUSE / OpenUnlearning's
-    MinK attack, k=0.4): the mean of the lowest max(1, floor(k * n)) answer-token
-    log-probabilities. Higher = more likely a training member (OpenUnlearning reports its
-    negation, a loss)."""
+    MinK attack, k=0.4 in its TOFU and MUSE configs): the mean of the lowest
+    max(1, floor(k * n)) of the n answer-token log-probabilities, the last labelled token (EOS)
+    left out as OpenUnlearning's tokenwise_logprobs does (src/evals/metrics/utils.py,
+    mia/min_k.py). An answer with no token left scores 0. Higher = more likely a training
+    member (OpenUnlearning reports its negation, a loss)."""
     if not 0.0 < k <= 1.0:
         raise ValueError(f"k must be in (0, 1], got {k}")
     per_token = _answer_token_log_probs(model, tokenizer, questions, answers, batch_size)
     scores = []
     for lp in per_token:
+        lp = lp[:-1].double()  # no EOS prediction
+        if len(lp) == 0:
+            scores.append(torch.zeros((), dtype=torch.float64))
+            continue
         n_low = max(1, int(len(lp) * k))
         scores.append(lp.sort().values[:n_low].mean())
-    return torch.stack(scores) if scores else torch.empty(0)
+    return torch.stack(scores) if scores else torch.empty(0, dtype=torch.float64)
 
 
 def mia_auc(member_scores: torch.Tensor | Sequence[float],
@@ -302,16 +316,22 @@ def mia_auc(member_scores: torch.Tensor | Sequence[float],
 
 
 def privleak(auc_unlearned: float, auc_retain_model: float) -> float:
-    """MUSE's PrivLeak (Shi et al., 2024), in percent:
-    (AUC_unlearned - AUC_retain) / AUC_retain * 100, with the forget-vs-holdout MIA AUC of the
-    unlearned model and of the retain (gold) model. Near 0 = no more leakage than the retain
-    model; positive = under-unlearning, negative = over-unlearning."""
+    """MUSE's PrivLeak (Shi et al., 2024), in percent, as OpenUnlearning computes it
+    (src/evals/metrics/privacy.py, privleak).
+
+    `auc_unlearned` and `auc_retain_model` are the conventional forget-vs-holdout MIA AUCs of
+    the unlearned and of the retain (gold) model, forget = the positive class (`mia_auc`,
+    `min_k_mia_auc`). MUSE takes its AUC with the forget set as the negative class, 1 - AUC,
+    so PrivLeak = ((1 - a_u) - (1 - a_r)) / ((1 - a_r) + 1e-10) * 100
+    = (a_r - a_u) / (1 - a_r) * 100. Near 0: no more leakage than the retain model; negative:
+    the forget set is still told from the holdout better than by the retain model
+    (under-unlearning, e.g. the model before unlearning); positive: over-unlearning.
+    """
     for name, value in (("auc_unlearned", auc_unlearned), ("auc_retain_model", auc_retain_model)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be an AUC in [0, 1], got {value}")
-    if auc_retain_model == 0:
-        raise ValueError("auc_retain_model must be > 0 (it is the denominator), got 0")
-    return (float(auc_unlearned) - float(auc_retain_model)) / float(auc_retain_model) * 100.0
+    score, ref = 1.0 - float(auc_unlearned), 1.0 - float(auc_retain_model)
+    return (score - ref) / (ref + 1e-10) * 100.0
 
 
 def model_utility(values: Sequence[float]) -> float:
@@ -359,10 +379,10 @@ def unlearning_scores(model: nn.Module, tokenizer, forget: Sequence[QA], retain:
     """TOFU-style scores of a model after unlearning, as OpenUnlearning's TOFU evaluator names
     them here: forget_EM / retain_EM and forget_ROUGE / retain_ROUGE (greedy answers, exact
     match and ROUGE-L recall); forget_truth_ratio (`truth_ratio_score` of the forget set's
-    truth ratios with its default "true_better" aggregate, mean(max(0, 1 - R)); OpenUnlearning
-    reports "closer_to_1_better" on forget sets, see `truth_ratio_score`); forget_quality (KS-test
-    p-value against `reference["truth_ratios"]`); privleak (min-k MIA AUC, forget vs holdout,
-    relative to `reference["mia_auc"]`). `reference` comes from `retain_model_reference`. A
+    truth ratios with OpenUnlearning's forget aggregate "closer_to_1_better",
+    mean(min(R, 1/R)): higher = closer to a model that never saw the answers); forget_quality
+    (KS-test p-value against `reference["truth_ratios"]`); privleak (min-k MIA AUC, forget vs
+    holdout, relative to `reference["mia_auc"]`). `reference` comes from `retain_model_reference`. A
     score whose inputs are missing (no paraphrased / perturbed answers, no holdout, no
     reference) is left out of the dict rather than guessed."""
     f_em, f_rouge = score_answers(model, tokenizer, forget, max_new_tokens)
@@ -375,7 +395,7 @@ def unlearning_scores(model: nn.Module, tokenizer, forget: Sequence[QA], retain:
     except MissingQAFieldError:
         ratios = None
     if ratios is not None:
-        row["forget_truth_ratio"] = truth_ratio_score(ratios)
+        row["forget_truth_ratio"] = truth_ratio_score(ratios, "closer_to_1_better")
         if reference.get("truth_ratios") is not None:
             row["forget_quality"] = forget_quality(ratios, reference["truth_ratios"])
     if holdout and reference.get("mia_auc") is not None:

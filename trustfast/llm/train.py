@@ -3,7 +3,8 @@
 `finetune(model, examples)` trains on the answer tokens with AdamW; `unlearn(model, forget,
 retain, UnlearnConfig(...))` runs one of `trustfast.llm.losses.METHODS`, pairing each forget
 batch with a retain batch. Reference NLLs (NPO, IdkDPO) are computed once before training and
-ride in the batches, so no reference model stays in memory (except for ga_kl). `unlearn` can
+ride in the batches, so no reference model stays in memory (except for a KL retain term and
+RMU, which run it on every retain batch). `unlearn` can
 checkpoint to a folder every epoch and resume from it (`trustfast.llm.checkpointing`);
 `trustfast.llm.launch` runs the same loop (`train_epochs`) under DeepSpeed.
 `encode_examples(tokenizer, records, method)` turns QA records into the examples both take.
@@ -28,9 +29,6 @@ from trustfast.llm.checkpointing import (
     set_checkpointing,
 )
 from trustfast.llm.losses import (
-    NEEDS_REFERENCE,
-    NEEDS_REFERENCE_MODEL,
-    NEEDS_RETAIN,
     LossConfig,
     canonical_method,
     reference_nlls,
@@ -143,12 +141,17 @@ class UnlearnConfig(Config):
     weight_decay: float = 0.01
     optimizer_in_backward: bool = False  # step each weight when its gradient is ready, free it
     gradient_checkpointing: bool = False  # keep layer inputs only, recompute in the backward
-    beta: float | None = None  # None: the method's default (LossConfig)
-    gamma: float | None = None  # None: the method's default (LossConfig)
-    alpha: float = 1.0
-    delta: float = 0.0
+    # the loss (trustfast.llm.losses.LossConfig; None: the method's reference default)
+    beta: float | None = None  # NPO / DPO 0.1, SimNPO 4.5
+    gamma: float | None = None  # forget-term weight (OpenUnlearning's gamma): 1, SimNPO 0.125
+    alpha: float | None = None  # retain-term weight (OpenUnlearning's alpha): 1, RMU 1200
+    delta: float = 0.0  # SimNPO's margin
+    retain_loss: str | None = None  # nll | kl | none (npo, simnpo, idkdpo); graddiff nll | kl
+    kl_tokens: str = "all"  # KL retain term averaged over all positions | answer tokens
     rmu_layer: int = 7
     steering_coeff: float = 6.5
+    rmu_params: str = "down_proj"  # down_proj (WMDP) | mlp | all (OpenUnlearning)
+    rmu_tokens: str = "all"  # RMU's MSE over all positions (WMDP) | answer tokens (OpenUnlearning)
     seed: int = 0
 
     def check(self) -> None:
@@ -167,8 +170,11 @@ class UnlearnConfig(Config):
         self.loss_config()  # validates method, beta, gamma, ...
 
     def loss_config(self) -> LossConfig:
-        return LossConfig(self.method, self.beta, self.gamma, self.alpha, self.delta,
-                          self.rmu_layer, self.steering_coeff, self.seed)
+        return LossConfig(method=self.method, beta=self.beta, gamma=self.gamma,
+                          alpha=self.alpha, delta=self.delta, retain_loss=self.retain_loss,
+                          kl_tokens=self.kl_tokens, rmu_layer=self.rmu_layer,
+                          steering_coeff=self.steering_coeff, rmu_params=self.rmu_params,
+                          rmu_tokens=self.rmu_tokens, seed=self.seed)
 
 
 def steps_per_epoch(n_forget: int, config: UnlearnConfig, world_size: int = 1) -> int:
@@ -225,10 +231,11 @@ def train_epochs(loss_fn, forget: list[dict], retain: list[dict], config: Unlear
     model's) before loss_fn. A history entry holds the epoch means and
     `step_loss`, the loss of every optimizer step (averaged over its micro-batches)."""
     history = [] if history is None else history
+    n_retain = len(retain) if config.loss_config().needs_retain else 0  # GA: no retain batches
     for epoch in tqdm(range(start_epoch, config.epochs), desc=f"unlearn {config.method}",
                       leave=False, **progress_kwargs(rank == 0)):
         logs = []
-        for micro in _schedule(len(forget), len(retain), config, epoch, rank, world_size):
+        for micro in _schedule(len(forget), n_retain, config, epoch, rank, world_size):
             micro_logs = []
             for f_idx, r_idx in micro:
                 f, r = _micro_batch(forget, retain, f_idx, r_idx, pad_id, config.method)
@@ -268,15 +275,17 @@ def prepare_unlearning(model: nn.Module, forget: list[dict], retain: list[dict],
     everything a run needs from the model before training starts."""
     if not forget:
         raise ValueError("forget must not be empty")
-    if config.method in NEEDS_RETAIN and not retain:
-        raise ValueError(f"method {config.method!r} needs a non-empty retain set")
-    ref_model = copy.deepcopy(model).eval() if config.method in NEEDS_REFERENCE_MODEL else None
+    loss_cfg = config.loss_config()
+    if loss_cfg.needs_retain and not retain:
+        raise ValueError(f"method {config.method!r} with retain_loss {loss_cfg.retain_loss!r} "
+                         "needs a non-empty retain set")
+    ref_model = copy.deepcopy(model).eval() if loss_cfg.needs_reference_model else None
     if ref_model is not None:
         ref_model.requires_grad_(False)
-    if config.method in NEEDS_REFERENCE:
+    if loss_cfg.needs_reference_nll:
         forget = _with_reference(model, forget, pad_id, config.batch_size,
                                  idk=config.method == "idkdpo")
-    params = (rmu_parameters(model, config.loss_config()) if config.method == "rmu"
+    params = (rmu_parameters(model, loss_cfg) if config.method == "rmu"
               else list(model.parameters()))
     return forget, ref_model, params
 

@@ -6,8 +6,10 @@ With s = alpha * sign(g) (L-inf) or s = alpha * g / (||g||_2 + 1e-10) (L2), per 
     L-inf:  x_new = clamp(x + clamp(x_adv + s - x, -eps, eps), 0, 1)
     L2:     d = x_adv + s - x;  d *= min(eps / ||d||_2, 1);  x_new = clamp(x + d, 0, 1)
 
-exactly as torchattacks 3.5.1's PGD / PGDL2 compute them (same operation order, so the same
-rounding). `grad` is the gradient of the objective to *maximize* (negate the loss for a targeted
+as torchattacks 3.5.1's PGD / PGDL2 compute them (same operation order, so the same rounding
+for the same `grad`; torchattacks' grad is that of the batch-mean loss, so an L2 attack that
+feeds the per-sample sum, as `trustfast.attacks.PGD` does, sees the 1e-10 guard weigh N times
+less). `grad` is the gradient of the objective to *maximize* (negate the loss for a targeted
 attack). eps and alpha are scalars or one value per sample. Optional best-iterate tracking: given
 the per-sample `loss` at `x_adv`, every sample whose loss beats `best_loss` copies `x_adv` into
 `best_adv` and updates `best_loss`, in the same call.
