@@ -122,6 +122,8 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("argv, message", [
     (["--eps", "300"], "eps must be"), (["--steps", "0"], "steps must be"),
+    (["--set", "image_size=40"], "image_size must be a multiple of 16"),
+    (["--set", "image_size=8", "--face-model", "x"], "image_size must be >= 16"),
 ])
 def test_cli_rejects_bad_settings(argv, message, capsys):
     from trustfast.cli import main
@@ -165,3 +167,21 @@ def test_track_best_returns_each_probes_lowest_loss_iterate():
         loss(last_atk, last_atk(a, b, same, bits=bits))
     assert bool((best <= last + 1e-6).all()), (best, last)
     assert bool((best < last - 1e-4).any()), (best, last)
+
+
+def test_a_loaded_face_model_must_match_image_size(tmp_path, capsys):
+    from trustfast.cli import main
+    from trustfast.data import synthetic_faces
+    from trustfast.faces.train import FaceTrainConfig, train_face_model
+
+    x, y = synthetic_faces(3, 4, 16, seed=0)
+    folder = str(tmp_path / "face16")
+    train_face_model(x, y, FaceTrainConfig(epochs=1, batch_size=12), checkpoint_dir=folder,
+                     progress=False)
+    with pytest.raises(SystemExit):
+        main(["watermark-attack", "--face-model", folder, "--device", "cpu", "--set",
+              "image_size=32", "--set", "test_identities=3", "--set", "test_images=3",
+              "--set", "pairs_count=4", "--set", "train_identities=2", "--set",
+              "train_images=2", "--out", str(tmp_path / "o")])
+    assert "image_size must be the face model's input size (16), got 32" in \
+        capsys.readouterr().err

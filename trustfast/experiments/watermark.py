@@ -66,7 +66,7 @@ class WatermarkAttackConfig(ExperimentConfig):
     pairs_ext: str = "jpg"  # image extension in pairs_root
     face_model: str | None = None  # a trustfast face checkpoint folder (else trained here)
     watermark_model: str | None = None  # a WatermarkModel.save folder (else trained here)
-    image_size: int = 32  # faces are resized to this side
+    image_size: int = 32  # faces' side in pixels (rendered or resized); x16 if trained here
     train_identities: int = 60  # built-in faces: training identities
     train_images: int = 15  # per training identity
     test_identities: int = 40  # unseen identities for calibration and evaluation pairs
@@ -91,6 +91,11 @@ class WatermarkAttackConfig(ExperimentConfig):
             self.at_least(name, 1)
         self.require(bool(self.eps) and all(0 < e <= 0.5 for e in self.eps), "eps",
                      "a non-empty list of budgets in (0, 0.5] (pixels/255 with --eps)")
+        if self.face_model is None:  # the IResNet trained here has four stride-2 stages
+            self.require(self.image_size % 16 == 0, "image_size",
+                         "a multiple of 16 (the face model trained here halves it four times)")
+        if self.data == "synthetic_faces":
+            self.at_least("image_size", 16)  # the procedural faces' smallest size
         self.at_least("kappa", 0)
         self.choice("message", MESSAGES)
         if self.pairs is not None:
@@ -174,6 +179,9 @@ def train_models(cfg: WatermarkAttackConfig, out: str | None = None, resume: boo
         except (ValueError, KeyError, OSError) as exc:
             raise ConfigError("face_model", f"must be a trustfast face checkpoint folder: "
                                             f"{exc}") from None
+        if model.input_size != cfg.image_size:
+            raise ConfigError("image_size", f"must be the face model's input size "
+                                            f"({model.input_size}), got {cfg.image_size}")
     else:
         face_dir = os.path.join(out, "face_model") if out else None
         model, _ = train_face_model(x_train, y_train, replace(cfg.face, seed=cfg.seed),
