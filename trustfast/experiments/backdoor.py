@@ -5,7 +5,10 @@ Prediction Consistency" (Pal et al., ICLR 2024).
 Each attack poisons the training set (built-in colored digits, or the user's `--data`), a model
 (`--model`) is trained on it (cached per attack), and every training sample is scored with the
 bi-level MSPC, SPC and STRIP: AUROC, and TPR / FPR of the threshold-free split, the model's
-clean accuracy and attack success rate.
+clean accuracy and attack success rate. `mspc` runs `identify_mspc` with the `mspc` config (by
+default as the paper's code, BackdoorMSPC's `bilevel_full.py`, runs it); `mspc_contrastive`
+with the `mspc_contrastive` config: trustfast's own variant, the contrastive inner objective
+and tau = 0, with the same optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from trustfast.experiments.registry import Experiment, ExperimentConfig, Flag, R
 from trustfast.experiments.runner import RowStore
 from trustfast.utils import resolve_device
 
-METHODS = ("mspc", "spc", "strip")
+METHODS = ("mspc", "mspc_contrastive", "spc", "strip")
+DEFAULT_METHODS = ("mspc", "spc", "strip")
 ATTACK_NAMES = ("badnets", "blend", "wanet", "trojan", "label_consistent", "adaptive_blend")
 
 
@@ -41,13 +45,16 @@ class IdentifyConfig(ExperimentConfig):
     attacks: list[str] = field(default_factory=lambda: ["badnets", "blend"])
     ratio: float = 0.1  # poison ratio (share of the training set)
     target: int = 0  # the attack's target label
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     epochs: int = 30  # training of the (poisoned) model: SGD, momentum 0.9, cosine
     lr: float = 0.05
     batch_size: int = 64
     strip_overlays: int = 100  # STRIP's N (the paper's default)
     trojan_layer: str | None = None  # Trojan's layer (module name); None: the penultimate Linear
-    mspc: MSPCConfig = field(default_factory=MSPCConfig)
+    mspc: MSPCConfig = field(default_factory=MSPCConfig)  # method "mspc": the reference's
+    # method "mspc_contrastive": ours (the objective, tau 0), the reference's optimizer, schedule
+    mspc_contrastive: MSPCConfig = field(
+        default_factory=lambda: MSPCConfig(objective="contrastive", tau=0.0))
 
     def check(self) -> None:
         super().check()
@@ -130,8 +137,8 @@ def _rows_for(cfg: IdentifyConfig, attack: str, model: nn.Module, data, report: 
     rows = []
     for method in cfg.methods:
         start = time.perf_counter()
-        if method == "mspc":
-            result = identify_mspc(model, images, cfg.mspc)
+        if method in ("mspc", "mspc_contrastive"):
+            result = identify_mspc(model, images, getattr(cfg, method))
             scores, flagged = result.scores, result.flagged
         elif method == "spc":
             scores = scaled_prediction_consistency(model, images, cfg.mspc.scales)
@@ -201,6 +208,6 @@ register(Experiment(
            Flag("--attack", "attacks", "comma-separated: " + ",".join(ATTACK_NAMES)),
            Flag("--ratio", "ratio", "poison ratio"),
            Flag("--target", "target", "target label"),
-           Flag("--methods", "methods", "comma-separated: mspc,spc,strip"),
+           Flag("--methods", "methods", "comma-separated: " + ",".join(METHODS)),
            Flag("--epochs", "epochs", "training epochs of the model")),
 ))
