@@ -2,15 +2,8 @@
 Triton kernel runs on the CPU (float32 / float16 only: bfloat16 is broken in the interpreter)."""
 
 import os
-import sys
-from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
-# `python -m pytest` puts the repository root on sys.path, where the top-level kernels/ (installed
-# as trustfast.kernels) shadows Hugging Face's `kernels` package, which diffusers and
-# bitsandbytes import when it is installed. trustfast itself is imported from its installation.
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _ROOT]
 os.environ.pop("TRUSTFAST_BACKEND", None)  # tests choose backends explicitly
 
 import pytest  # noqa: E402
