@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {
     "trustfast.kernels": 0, "trustfast._C": 0, "trustfast._ext": 0, "trustfast._meta": 0,
+    "trustfast.checks": 0,
     "trustfast.ops": 1,
     "trustfast.config": 2, "trustfast.checkpoint": 2, "trustfast.utils": 2,
     "trustfast.data": 2, "trustfast.models": 2, "trustfast.optim": 2, "trustfast.sparsity": 2,
