@@ -12,7 +12,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -231,6 +230,114 @@ void adamw_all(const std::vector<at::Tensor>& params, const std::vector<at::Tens
   });
 }
 
+// The dry runs below compute exactly what the update would store (cast to the storage dtype,
+// masked) and write nothing: a step is applied only when every stored value is finite, so a
+// NaN/Inf gradient or an overflowing update (1e38 * lr = inf) never reaches the weights. x - x
+// is 0 for finite x and NaN otherwise, so one sum per chunk tests everything. No exception can
+// leave a parallel region: each chunk only writes its flag, the caller reduces them afterwards.
+template <typename scalar_t>
+inline at::opmath_type<scalar_t> stored(at::opmath_type<scalar_t> x) {
+  return static_cast<at::opmath_type<scalar_t>>(static_cast<scalar_t>(x));
+}
+
+template <typename acc_t>
+inline acc_t masked_value(acc_t x, const uint8_t* mask, int64_t i, std::true_type) {
+  return keep_or_zero(x, mask[i]);
+}
+
+template <typename acc_t>
+inline acc_t masked_value(acc_t x, const uint8_t*, int64_t, std::false_type) {
+  return x;
+}
+
+template <typename scalar_t, bool HAS_MASK, bool MOMENTUM, bool NESTEROV, bool PROX, bool GRADS>
+bool sgd_range_finite(const scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
+                      const scalar_t* __restrict__ buf, const uint8_t* __restrict__ mask,
+                      int64_t n, at::opmath_type<scalar_t> lr, at::opmath_type<scalar_t> momentum,
+                      at::opmath_type<scalar_t> one_minus_dampening,
+                      at::opmath_type<scalar_t> weight_decay, at::opmath_type<scalar_t> l1,
+                      at::opmath_type<scalar_t> lam) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using keep_t = std::integral_constant<bool, HAS_MASK>;
+  acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t pi = static_cast<acc_t>(p[i]);
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    acc_t d = gi + weight_decay * pi;
+    if constexpr (!PROX) {
+      d += l1 * sign_of(pi);
+    }
+    acc_t u = d;
+    if constexpr (MOMENTUM) {
+      const acc_t b = momentum * static_cast<acc_t>(buf[i]) + one_minus_dampening * d;
+      u = NESTEROV ? d + momentum * b : b;
+      const acc_t bs = stored<scalar_t>(masked_value(b, mask, i, keep_t{}));
+      acc += bs - bs;
+    }
+    acc_t x = pi - lr * u;
+    if constexpr (PROX) {
+      x = soft_threshold(x, lam);
+    }
+    const acc_t xs = stored<scalar_t>(masked_value(x, mask, i, keep_t{}));
+    acc += xs - xs;
+    if constexpr (GRADS) {
+      acc += gi - gi;
+    }
+  }
+  return acc == acc;
+}
+
+template <typename scalar_t, bool HAS_MASK, bool PROX, bool LERP_FROM_START, bool GRADS>
+bool adamw_range_finite(const scalar_t* __restrict__ p, const scalar_t* __restrict__ g,
+                        const scalar_t* __restrict__ exp_avg, const scalar_t* __restrict__ exp_avg_sq,
+                        const uint8_t* __restrict__ mask, int64_t n, at::opmath_type<scalar_t> decay,
+                        at::opmath_type<scalar_t> w1, at::opmath_type<scalar_t> beta2,
+                        at::opmath_type<scalar_t> one_minus_beta2, at::opmath_type<scalar_t> eps,
+                        at::opmath_type<scalar_t> l1, at::opmath_type<scalar_t> step_size,
+                        at::opmath_type<scalar_t> bc2_sqrt, at::opmath_type<scalar_t> lam) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using keep_t = std::integral_constant<bool, HAS_MASK>;
+  const acc_t one_minus_w1 = acc_t(1) - w1;
+  acc_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t p0 = static_cast<acc_t>(p[i]);
+    const acc_t gi = static_cast<acc_t>(g[i]);
+    acc_t d = gi;
+    if constexpr (!PROX) {
+      d += l1 * sign_of(p0);
+    }
+    const acc_t pi = p0 * decay;
+    const acc_t m0 = static_cast<acc_t>(exp_avg[i]);
+    const acc_t m = LERP_FROM_START ? m0 + w1 * (d - m0) : d - (d - m0) * one_minus_w1;
+    const acc_t v = static_cast<acc_t>(exp_avg_sq[i]) * beta2 + one_minus_beta2 * d * d;
+    const acc_t denom = std::sqrt(v) / bc2_sqrt + eps;
+    acc_t x = pi + (-step_size) * m / denom;
+    if constexpr (PROX) {
+      x = soft_threshold(x, lam);
+    }
+    const acc_t xs = stored<scalar_t>(masked_value(x, mask, i, keep_t{}));
+    const acc_t ms = stored<scalar_t>(masked_value(m, mask, i, keep_t{}));
+    const acc_t vs = stored<scalar_t>(masked_value(v, mask, i, keep_t{}));
+    acc += (xs - xs) + (ms - ms) + (vs - vs);
+    if constexpr (GRADS) {
+      acc += gi - gi;
+    }
+  }
+  return acc == acc;
+}
+
+// Runs body(chunk) -> bool over every chunk in parallel; true when every chunk returned true.
+template <typename F>
+bool all_chunks(const std::vector<Chunk>& chunks, int64_t total, const F& body) {
+  std::vector<uint8_t> ok(chunks.size(), 1);
+  parallel_chunks(chunks, total, [&](const Chunk& c) {
+    ok[&c - chunks.data()] = body(c) ? 1 : 0;
+  });
+  return std::all_of(ok.begin(), ok.end(), [](uint8_t f) { return f != 0; });
+}
+
 }  // namespace
 
 void masked_sgd_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -287,6 +394,111 @@ void masked_adamw_step(const std::vector<at::Tensor>& params, const std::vector<
       });
 }
 
+bool masked_sgd_finite(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                       const std::vector<at::Tensor>& momentum_bufs,
+                       const std::vector<at::Tensor>& masks, double lr, double momentum,
+                       double dampening, bool nesterov, double weight_decay, double l1,
+                       bool l1_proximal, bool check_grads) {
+  if (params.empty()) return true;
+  const bool has_momentum = momentum != 0.0;
+  const bool has_mask = !masks.empty();
+  check_list("params", params, params, false);
+  check_list("grads", grads, params, false);
+  if (has_momentum) check_list("momentum_bufs", momentum_bufs, params, false);
+  if (has_mask) check_list("masks", masks, params, true);
+  const auto chunks = make_chunks(params);
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, params[0].scalar_type(), "masked_sgd_finite", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        dispatch_bool(has_mask, [&](auto mask_t) {
+          dispatch_bool(has_momentum, [&](auto mom_t) {
+            dispatch_bool(nesterov && has_momentum, [&](auto nest_t) {
+              dispatch_bool(l1_proximal, [&](auto prox_t) {
+                dispatch_bool(check_grads, [&](auto grads_t) {
+                  finite = all_chunks(chunks, total, [&](const Chunk& c) {
+                    const int64_t t = c.tensor;
+                    const scalar_t* buf =
+                        decltype(mom_t)::value ? momentum_bufs[t].data_ptr<scalar_t>() + c.begin
+                                               : nullptr;
+                    const uint8_t* mask =
+                        decltype(mask_t)::value
+                            ? reinterpret_cast<const uint8_t*>(masks[t].data_ptr<bool>()) + c.begin
+                            : nullptr;
+                    return sgd_range_finite<scalar_t, decltype(mask_t)::value,
+                                            decltype(mom_t)::value, decltype(nest_t)::value,
+                                            decltype(prox_t)::value, decltype(grads_t)::value>(
+                        params[t].data_ptr<scalar_t>() + c.begin,
+                        grads[t].data_ptr<scalar_t>() + c.begin, buf, mask, c.end - c.begin,
+                        static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
+                        static_cast<acc_t>(1.0 - dampening), static_cast<acc_t>(weight_decay),
+                        static_cast<acc_t>(l1), static_cast<acc_t>(lr * l1));
+                  });
+                });
+              });
+            });
+          });
+        });
+      });
+  return finite;
+}
+
+bool masked_adamw_finite(const std::vector<at::Tensor>& params,
+                         const std::vector<at::Tensor>& grads,
+                         const std::vector<at::Tensor>& exp_avgs,
+                         const std::vector<at::Tensor>& exp_avg_sqs,
+                         const std::vector<at::Tensor>& masks, double lr, double beta1,
+                         double beta2, double eps, double weight_decay, double l1,
+                         bool l1_proximal, double bias_correction1, double bias_correction2_sqrt,
+                         bool check_grads) {
+  if (params.empty()) return true;
+  const bool has_mask = !masks.empty();
+  check_list("params", params, params, false);
+  check_list("grads", grads, params, false);
+  check_list("exp_avgs", exp_avgs, params, false);
+  check_list("exp_avg_sqs", exp_avg_sqs, params, false);
+  if (has_mask) check_list("masks", masks, params, true);
+  const auto chunks = make_chunks(params);
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  const double w1 = 1.0 - beta1;
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, params[0].scalar_type(), "masked_adamw_finite", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        dispatch_bool(has_mask, [&](auto mask_t) {
+          dispatch_bool(l1_proximal, [&](auto prox_t) {
+            dispatch_bool(w1 < 0.5, [&](auto lerp_t) {
+              dispatch_bool(check_grads, [&](auto grads_t) {
+                finite = all_chunks(chunks, total, [&](const Chunk& c) {
+                  const int64_t t = c.tensor;
+                  const uint8_t* mask =
+                      decltype(mask_t)::value
+                          ? reinterpret_cast<const uint8_t*>(masks[t].data_ptr<bool>()) + c.begin
+                          : nullptr;
+                  return adamw_range_finite<scalar_t, decltype(mask_t)::value,
+                                            decltype(prox_t)::value, decltype(lerp_t)::value,
+                                            decltype(grads_t)::value>(
+                      params[t].data_ptr<scalar_t>() + c.begin,
+                      grads[t].data_ptr<scalar_t>() + c.begin,
+                      exp_avgs[t].data_ptr<scalar_t>() + c.begin,
+                      exp_avg_sqs[t].data_ptr<scalar_t>() + c.begin, mask, c.end - c.begin,
+                      static_cast<acc_t>(1.0 - lr * weight_decay), static_cast<acc_t>(w1),
+                      static_cast<acc_t>(beta2), static_cast<acc_t>(1.0 - beta2),
+                      static_cast<acc_t>(eps), static_cast<acc_t>(l1),
+                      static_cast<acc_t>(lr / bias_correction1),
+                      static_cast<acc_t>(bias_correction2_sqrt), static_cast<acc_t>(lr * l1));
+                });
+              });
+            });
+          });
+        });
+      });
+  return finite;
+}
+
 }  // namespace trustfast
 
 namespace trustfast {
@@ -314,23 +526,35 @@ bool range_finite(const scalar_t* data, int64_t begin, int64_t end) {
 
 bool all_finite(const std::vector<at::Tensor>& tensors) {
   if (tensors.empty()) return true;
+  // Every check happens here, before the parallel region: an exception thrown inside an OpenMP
+  // loop cannot be caught and aborts the process (a complex gradient used to do exactly that).
   for (const auto i : c10::irange(tensors.size())) {
-    TORCH_CHECK(tensors[i].device().is_cpu() && tensors[i].is_contiguous(),
+    const auto& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(),
                 "all_finite: tensors[", i, "] must be a contiguous CPU tensor");
+    const auto st = t.scalar_type();
+    TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf ||
+                         st == at::kBFloat16,
+                     "all_finite: tensors[", i, "] must be float16, bfloat16, float32 or float64, "
+                     "got ", st);
   }
   const auto chunks = make_chunks(tensors);
   int64_t total = 0;
   for (const auto& t : tensors) total += t.numel();
-  std::atomic<bool> finite{true};
-  parallel_chunks(chunks, total, [&](const Chunk& c) {
+  return all_chunks(chunks, total, [&](const Chunk& c) {
     const auto& t = tensors[c.tensor];
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "all_finite", [&] {
-      if (!range_finite(t.data_ptr<scalar_t>(), c.begin, c.end)) {
-        finite.store(false, std::memory_order_relaxed);
-      }
-    });
+    const void* data = t.data_ptr();
+    switch (t.scalar_type()) {
+      case at::kFloat:
+        return range_finite(static_cast<const float*>(data), c.begin, c.end);
+      case at::kDouble:
+        return range_finite(static_cast<const double*>(data), c.begin, c.end);
+      case at::kHalf:
+        return range_finite(static_cast<const at::Half*>(data), c.begin, c.end);
+      default:  // kBFloat16, the only other dtype the check above lets through
+        return range_finite(static_cast<const at::BFloat16*>(data), c.begin, c.end);
+    }
   });
-  return finite.load();
 }
 
 }  // namespace trustfast

@@ -22,6 +22,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("x_adv"), py::arg("x_clean"), py::arg("grad"), py::arg("eps"),
         py::arg("alpha"), py::arg("l2"), py::arg("improved"), py::arg("best_adv"),
         py::arg("eps_for_division"));
+  m.def("masked_sgd_finite", &trustfast::masked_sgd_finite,
+        "Dry run of masked_sgd_step: whether every value it would store is finite (writes nothing)",
+        py::arg("params"), py::arg("grads"), py::arg("momentum_bufs"), py::arg("masks"),
+        py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"),
+        py::arg("weight_decay"), py::arg("l1"), py::arg("l1_proximal"), py::arg("check_grads"));
+  m.def("masked_adamw_finite", &trustfast::masked_adamw_finite,
+        "Dry run of masked_adamw_step: whether every value it would store is finite",
+        py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+        py::arg("masks"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("l1"), py::arg("l1_proximal"),
+        py::arg("bias_correction1"), py::arg("bias_correction2_sqrt"), py::arg("check_grads"));
   m.def("all_finite", &trustfast::all_finite,
         "Whether every element of every (contiguous CPU) tensor is finite", py::arg("tensors"));
   m.def("openmp_threads", []() { return at::get_num_threads(); },

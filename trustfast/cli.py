@@ -6,6 +6,14 @@ experiment (`trustfast list` prints them), each with the same common flags:
 
 Values are applied in that order of precedence: the config's defaults, the --config file, the
 experiment's own flags, --seed / --device, then every --set.
+
+Bad input is refused before any work starts, with exit code 2 and one line on stderr naming the
+flag or config key, what was expected and what came (`trustfast <command>: error: ...`): a
+value of the wrong type or out of range, an unknown key, a --config file that is missing, a
+folder, not YAML/JSON or not a mapping, `--device cuda` without CUDA, an `--out` that is an
+existing file. A ValueError or OSError raised by the run itself (e.g. a dataset too small for
+the settings, a missing weights file) is also reported in one line with exit code 2; set
+TRUSTFAST_TRACEBACK=1 to get its traceback instead.
 """
 
 from __future__ import annotations
@@ -66,6 +74,10 @@ def config_from_args(exp, args: argparse.Namespace):
     from trustfast.config import build_config, load_config_file, parse_text, set_path
 
     data = load_config_file(args.config) if args.config else {}
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError("config", f"keys must be strings (config key names), got {bad[:5]!r} "
+                                    f"in {args.config}")
     for flag in exp.flags:
         text = getattr(args, f"flag:{flag.key}")
         if text is not None:
@@ -150,28 +162,66 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trustfast.demo import run_demo
 
+        sub = _subparser(parser, "demo")
+        _check_out(sub, args.out)
+        if args.seed < 0:
+            sub.error(f"--seed must be an int >= 0, got {args.seed}")
         try:
             run_demo(out=args.out, seed=args.seed, resume=args.resume)
-        except ConfigError as exc:
-            parser.error(str(exc))
+        except (ValueError, OSError) as exc:
+            _refuse(sub, exc)
         return 0
     if args.command == "bench":
-        from trustfast._bench.cli import run_bench
+        from trustfast._bench.cli import check_bench_args, run_bench
 
+        sub = _subparser(parser, "bench")
+        try:
+            check_bench_args(args)
+        except ConfigError as exc:
+            sub.error(str(exc))
         return run_bench(args)
     raise AssertionError(args.command)
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of `command` (for its `prog` in error messages)."""
+    for action in parser._subparsers._group_actions:
+        if command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def _check_out(p: argparse.ArgumentParser, out: str) -> None:
+    """Refuse an --out that exists and is not a folder (before any work is done)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        p.error(f"--out must be a folder (new or existing), got {out!r}, an existing file")
+
+
+def _refuse(p: argparse.ArgumentParser, exc: BaseException):
+    """Exit 2 with `exc` in one line (a ConfigError names its key); with
+    TRUSTFAST_TRACEBACK=1 a non-ConfigError is re-raised with its traceback."""
+    if not isinstance(exc, ConfigError) and os.environ.get("TRUSTFAST_TRACEBACK") == "1":
+        raise exc
+    text = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+    p.error(" ".join(text.split()))
+
+
 def _run(args: argparse.Namespace) -> int:
     from trustfast.experiments import get_experiment, markdown_table, run_experiment
+    from trustfast.utils import resolve_device
 
     exp = get_experiment(args.experiment)
     p = args._parser
+    _check_out(p, args.out)
     try:
         cfg = config_from_args(exp, args)
+        resolve_device(cfg.device)  # CUDA asked for where there is none: refused now
+    except (ValueError, OSError) as exc:  # a ConfigError (a ValueError) names its key
+        _refuse(p, exc)
+    try:
         result = run_experiment(exp, cfg, args.out, resume=args.resume)
-    except ConfigError as exc:
-        p.error(str(exc))
+    except (ValueError, OSError) as exc:
+        _refuse(p, exc)
     print(markdown_table(result.rows, exp.columns))
     files = ["results.json", "results.md"]
     if exp.plot is not None:

@@ -198,15 +198,18 @@ class Config:
         return value
 
     def at_least(self, key: str, low: float, *, strict: bool = False) -> None:
+        """`key` is a finite number >= low (> low with strict); a string or None fails too."""
         value = self._value(key)
-        ok = value is not None and math.isfinite(value) and (value > low if strict
+        ok = _is_number(value) and math.isfinite(value) and (value > low if strict
                                                              else value >= low)
-        self.require(ok, key, f"{'>' if strict else '>='} {low:g}")
+        self.require(ok, key, f"{'a number ' if not _is_number(value) else ''}"
+                              f"{'>' if strict else '>='} {low:g}")
 
     def within(self, key: str, low: float, high: float, *, low_open: bool = False,
                high_open: bool = False) -> None:
+        """`key` is a finite number in the interval; a string or None fails too."""
         value = self._value(key)
-        ok = value is not None and math.isfinite(value) \
+        ok = _is_number(value) and math.isfinite(value) \
             and (value > low if low_open else value >= low) \
             and (value < high if high_open else value <= high)
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -224,6 +227,10 @@ class Config:
             what = f"a non-empty subset of {allowed}" if nonempty else f"a subset of {allowed}"
             raise ConfigError(key, f"must be {what}, got {list(values)!r}"
                               + (f" (unknown: {bad})" if bad else ""))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def merge_mappings(base: Mapping, extra: Mapping) -> dict:
@@ -246,6 +253,11 @@ def build_config(cls: type, data: Mapping[str, Any] | None = None, *, prefix: st
     for assignment in sets:
         apply_set(cls, data, assignment)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        where = f" in {prefix}" if prefix else ""
+        raise ConfigError("", f"config keys must be strings, got {odd[0]!r} "
+                              f"({type(odd[0]).__name__}){where}").under(prefix)
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in {prefix}" if prefix else ""
@@ -386,7 +398,9 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def load_config_file(path: str) -> dict:
-    """The mapping in a YAML or JSON config file (an empty file is an empty mapping)."""
+    """The mapping in a YAML or JSON config file (an empty file is an empty mapping), read with
+    `yaml.safe_load` (plain data: no `!!python/...` tags). Malformed YAML is a ConfigError
+    naming the file, the line and column, and the problem."""
     import yaml
 
     if not isinstance(path, (str, os.PathLike)):
@@ -394,11 +408,23 @@ def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError("config", f"must be a YAML or JSON file, got {str(path)!r} "
                                     "(no such file)")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"must be valid YAML/JSON: {path}: {exc}") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)  # plain data only: no YAML tags that build Python objects
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"must be a UTF-8 text file: {path} is not ({exc})") \
+            from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(p) for p in (getattr(exc, "context", None),
+                                            getattr(exc, "problem", None)) if p) or str(exc)
+        raise ConfigError("config", f"must be valid YAML/JSON: {path}{where}: {problem}") \
+            from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        # PyYAML's own constructors: "2001-13-45" (a date with month 13), "!!timestamp x"
+        raise ConfigError("config", f"must be valid YAML/JSON: {path}: a value cannot be "
+                                    f"read ({type(exc).__name__}: {exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

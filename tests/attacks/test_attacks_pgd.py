@@ -331,14 +331,17 @@ def test_bad_images_and_labels(model, batch):
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
-    (dict(eps=-0.1), ValueError, "eps must be finite and >= 0"),
-    (dict(eps=[0.1, float("nan")]), ValueError, "eps must be finite and >= 0"),
+    (dict(eps=-0.1), ValueError, "eps must be a number >= 0"),
+    (dict(eps=[0.1, float("nan")]), ValueError, r"eps\[1\] must be a finite number"),
+    (dict(eps=8), ValueError, "eps is in the \\[0, 1\\] image scale: 8/255, not 8"),
+    (dict(alpha=2), ValueError, "alpha is in the \\[0, 1\\] image scale"),
     (dict(eps=[]), ValueError, "eps must not be empty"),
-    (dict(alpha=-1.0), ValueError, "alpha must be finite and >= 0"),
+    (dict(alpha=-1.0), ValueError, "alpha must be a number >= 0"),
     (dict(eps=[0.1, 0.2], alpha=[0.01, 0.02, 0.03]), ValueError, "alpha has 3 values, eps has 2"),
-    (dict(restarts=0), ValueError, "restarts must be an int >= 1"),
-    (dict(restarts=2.0), ValueError, "restarts must be an int >= 1"),
-    (dict(steps=-1), ValueError, "steps must be an int >= 0"),
+    (dict(restarts=0), ValueError, "restarts must be an integer >= 1"),
+    (dict(restarts=2.5), TypeError, "restarts must be an integer"),
+    (dict(steps=-1), ValueError, "steps must be an integer >= 0"),
+    (dict(steps="10"), TypeError, "steps must be an integer"),
     (dict(norm="l1"), ValueError, "norm must be one of"),
     (dict(loss="ce"), TypeError, "loss must be callable"),
     (dict(normalization=([0.5], [0.0])), ValueError, "std must be > 0"),

@@ -416,7 +416,7 @@ def test_unknown_mode_and_bad_params_raise():
         hvp(f, {"a": torch.ones(3, dtype=torch.int64)}, {"a": torch.ones(3, dtype=torch.int64)})
     with pytest.raises(TypeError, match="callable"):
         hvp(None, params, params)
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a number > 0"):
         hvp(f, params, params, mode="finite_diff", eps=0.0)
 
 

@@ -1,6 +1,7 @@
 """Hypergradients (implicit, unrolled, F2SA penalty, custom_root) against the closed-form ridge
 hypergradient of trustfast.blo.examples.ridge, plus the data hyper-cleaning run (slow)."""
 
+import math
 import warnings
 
 import pytest
@@ -149,17 +150,19 @@ def test_unrolled_truncation_from_a_cold_start_runs_the_first_steps(problem):
     torch.testing.assert_close(trunc_w["w"], full_w["w"], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(steps=10, truncate=0), "truncate"),
-    (dict(steps=10, truncate=11), "truncate"),
-    (dict(steps=10, truncate=2.0), "truncate"),
-    (dict(steps=0), "steps"),
-    (dict(steps=10, lr=0.0), "lr"),
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(steps=10, truncate=0), ValueError, "truncate"),
+    (dict(steps=10, truncate=11), ValueError, "truncate"),
+    (dict(steps=10, truncate=2.0), TypeError, "truncate"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(steps="10"), TypeError, "steps"),
+    (dict(steps=10, lr=0.0), ValueError, "lr"),
+    (dict(steps=10, lr=math.nan), ValueError, "lr"),
 ])
-def test_unrolled_validation(problem, kw, match):
+def test_unrolled_validation(problem, kw, error, match):
     a, w, _ = _point(problem, 0.0)
     kw = {"lr": 0.1, **kw}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         unrolled_grad(problem.outer_loss, problem.inner_loss, w, a, **kw)
 
 

@@ -244,24 +244,27 @@ def test_zero_rhs_returns_zeros(name):
     assert res.x["v"].shape == (2, 2)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(tol=0.0), "tol must be > 0"),
-    (dict(tol=-1e-6), "tol must be > 0"),
-    (dict(tol=math.nan), "tol must be > 0"),
-    (dict(max_iter=0), "max_iter must be an int >= 1"),
-    (dict(max_iter=2.5), "max_iter must be an int >= 1"),
-    (dict(damping=-0.1), "damping must be >= 0"),
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(tol=0.0), ValueError, "tol must be a number > 0"),
+    (dict(tol=-1e-6), ValueError, "tol must be a number > 0"),
+    (dict(tol=math.nan), ValueError, "tol must be a finite number"),
+    (dict(tol="1e-6"), TypeError, "tol must be a number"),
+    (dict(max_iter=0), ValueError, "max_iter must be an integer >= 1"),
+    (dict(max_iter=2.5), TypeError, "max_iter must be an integer"),
+    (dict(max_iter="10"), TypeError, "max_iter must be an integer"),
+    (dict(damping=-0.1), ValueError, "damping must be a number >= 0"),
+    (dict(damping=math.inf), ValueError, "damping must be a finite number"),
 ])
 @pytest.mark.parametrize("name", ["cg", "neumann", "solve_fixed_point"])
-def test_bad_options_raise(name, kw, match):
+def test_bad_options_raise(name, kw, error, match):
     a, b, lam_max = _spd(11)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         _run(name, a, b, lam_max, **kw)
 
 
 def test_bad_alpha_solver_name_and_rhs_raise():
     a, b, _ = _spd(12)
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(ValueError, match="alpha must be a number > 0"):
         neumann(_matvec(a), _tree(b), alpha=0.0)
     with pytest.raises(ValueError, match="solver must be one of"):
         solve("gmres", _matvec(a), _tree(b))

@@ -114,6 +114,12 @@ def test_bench_writes_ratios(tmp_path, capsys):
     assert "| masked_sgd_step |" in capsys.readouterr().out
 
 
-def test_bench_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="--sizes"):
+def test_bench_rejects_bad_sizes(capsys):
+    with pytest.raises(SystemExit) as exc:
         main(["bench", "--sizes", "ten"])
+    assert exc.value.code == 2
+    assert "--sizes must be comma-separated numbers" in capsys.readouterr().err
+    from trustfast._bench.cli import parse_sizes
+
+    with pytest.raises(ValueError, match="--sizes"):  # from Python: a ConfigError
+        parse_sizes("inf")

@@ -197,3 +197,53 @@ def test_markdown_table_formats_cells_and_skips_nested_values():
     table = markdown_table([{"a": 0.123456, "b": None, "c": 1e-5, "d": [1, 2], "e": True}])
     assert table.splitlines()[0] == "| a | b | c | e |"
     assert table.splitlines()[2] == "| 0.1235 | - | 1.00e-05 | yes |"
+
+
+def test_results_json_is_strict_json_with_non_finite_values_as_null(tmp_path):
+    """A diverged loss (NaN) or an undefined metric (inf) must not make results.json invalid
+    JSON: it is null there, listed in provenance.non_finite, and "nan" / "inf" in results.md."""
+    from trustfast.experiments import write_results
+
+    out = str(tmp_path / "run")
+    rows = [{"method": "a", "loss": float("nan"), "ratio": float("inf"), "none": None},
+            {"method": "b", "loss": 0.5, "ratio": -float("inf"), "none": None}]
+    write_results(out, Result({"lr": float("nan")}, rows, {"history": [1.0, float("nan")]}))
+
+    def refuse(literal):
+        raise ValueError(f"non-standard JSON literal {literal}")
+
+    saved = json.loads(open(os.path.join(out, "results.json")).read(), parse_constant=refuse)
+    assert saved["rows"][0] == {"method": "a", "loss": None, "ratio": None, "none": None}
+    assert saved["config"] == {"lr": None} and saved["provenance"]["history"] == [1.0, None]
+    assert saved["provenance"]["non_finite"] == [
+        "config.lr = nan", "provenance.history[1] = nan", "rows[0].loss = nan",
+        "rows[0].ratio = inf", "rows[1].ratio = -inf"]
+    lines = open(os.path.join(out, "results.md")).read().splitlines()
+    assert lines[2] == "| a | nan | inf | - |" and lines[3] == "| b | 0.5 | -inf | - |"
+
+
+def test_damaged_yaml_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("seed: 0\nmethods: [a, b\nflag: true\n")
+    with pytest.raises(ConfigError, match=r"run.yaml line 3, column 5: .*expected ','"):
+        load_config_file(str(bad))
+    bad.write_text("when: 2024-13-01\n")  # PyYAML's date constructor raises ValueError
+    with pytest.raises(ConfigError, match="run.yaml: a value cannot be read"):
+        load_config_file(str(bad))
+
+
+def test_range_helpers_refuse_strings_instead_of_comparing_them():
+    """A field typed Any (or a mapping value) holding "1e-3" fails the check naming the key,
+    not with "'>' not supported between 'str' and 'int'"."""
+
+    @dataclass
+    class Loose(Config):
+        lr: object = 0.1
+
+        def check(self) -> None:
+            self.at_least("lr", 0, strict=True)
+            self.within("lr", 0, 1)
+
+    assert Loose(lr=0.5).lr == 0.5
+    with pytest.raises(ConfigError, match="lr must be a number > 0, got '1e-3'"):
+        Loose(lr="1e-3")

@@ -48,7 +48,7 @@ def test_builtin_facts_write_results_and_resume(tmp_path, capsys):
 @pytest.mark.parametrize("text, pattern", [
     ("methods: [nope]\n", "methods must be one of"),
     ("n_peple: 10\n", "unknown config keys ['n_peple']"),
-    ("unlearn: {epochs: 0}\n", "unlearn: epochs must be an int >= 1"),
+    ("unlearn: {epochs: 0}\n", "unlearn.epochs must be >= 1, got 0"),
     ("unlearn: {lr: fast}\n", "unlearn.lr must be a number, got 'fast'"),
     ("forget: nofile.json\nretain: r.json\n", "forget must be an existing JSON / JSONL file"),
     ("model: /no/such/folder\n", "model must be 'tiny' or a local Hugging Face folder"),

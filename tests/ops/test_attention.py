@@ -386,3 +386,46 @@ def test_cpu_dispatch_is_the_torch_path(monkeypatch):
         attention(q, k, v)
     monkeypatch.setenv("TRUSTFAST_BACKEND", "torch")
     assert torch.equal(attention(q, k, v, block_size=4), auto)
+
+
+# ---------------------------------------------------------------------- issue 17: NaN inputs
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_nan_or_inf_input_is_refused_naming_it(name):
+    g = torch.Generator().manual_seed(0)
+    args = {n: torch.randn(1, 2, 5, 8, generator=g) for n in ("q", "k", "v")}
+    args[name][0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        attention(args["q"], args["k"], args["v"])
+    args[name][0, 1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        attention(args["q"], args["k"], args["v"])
+    out = attention(args["q"], args["k"], args["v"], validate=False)  # hot loops: unchecked
+    assert out.shape == (1, 2, 5, 8)
+
+
+def test_additive_mask_may_hold_minus_inf_but_not_nan():
+    q = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(4, 4)
+    mask[0, 1] = -float("inf")
+    assert torch.isfinite(attention(q, q, q, attn_mask=mask)).all()
+    mask[0, 2] = float("nan")
+    with pytest.raises(ValueError, match="attn_mask must not hold NaN"):
+        attention(q, q, q, attn_mask=mask)
+
+
+def test_value_check_stays_out_of_torch_func_transforms():
+    """Under vmap / jvp the values cannot be read: the check is skipped, results unchanged."""
+    g = torch.Generator().manual_seed(2)
+    q, t = torch.randn(3, 1, 1, 4, 8, generator=g), torch.randn(1, 1, 4, 8, generator=g)
+    out = torch.func.vmap(lambda x: attention(x, x, x))(q)
+    torch.testing.assert_close(out[1], attention(q[1], q[1], q[1]))
+    _, tangent = torch.func.jvp(lambda x: attention(x, x, x), (q[0],), (t,))
+    assert torch.isfinite(tangent).all()
+
+
+def test_value_check_is_not_traced_by_torch_compile():
+    q = torch.randn(1, 2, 5, 8, generator=torch.Generator().manual_seed(3))
+    compiled = torch.compile(lambda x: attention(x, x, x), backend="eager")
+    torch.testing.assert_close(compiled(q), attention(q, q, q))

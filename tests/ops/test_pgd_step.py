@@ -1,6 +1,8 @@
 """T1 for the fused PGD step: the C++ and Triton kernels against the torch reference (bit-exact
 for L-inf in float32 / float64), best-iterate tracking, the eps-ball invariants, bad input."""
 
+import math
+
 import pytest
 import torch
 from conftest import KERNEL_BACKENDS, assert_close, mismatch_report
@@ -282,8 +284,15 @@ def _bad_cases():
         (dict(grad=grad.double()), ValueError, "grad is torch.float64"),
         (dict(x_clean=x.half()), ValueError, "x_clean is torch.float16"),
         (dict(x_adv=x_adv.long(), x_clean=x.long(), grad=grad.long()), TypeError,
-         "x_adv must be floating point"),
-        (dict(x_adv=x_adv.numpy()), TypeError, "x_adv must be a tensor"),
+         "x_adv must be a float16 or bfloat16 or float32 or float64 tensor"),
+        (dict(x_adv=x_adv.numpy()), TypeError, "x_adv must be a torch.Tensor"),
+        (dict(x_clean=torch.full_like(x, 2.0)), ValueError, r"x_clean must lie in \[0, 1\]"),
+        (dict(x_adv=x_adv - 1.0), ValueError, r"x_adv must lie in \[0, 1\]"),
+        (dict(x_adv=torch.full_like(x, float("nan"))), ValueError, "x_adv must lie in"),
+        (dict(grad=torch.full_like(grad, float("inf"))), ValueError, "grad must be finite"),
+        (dict(grad=grad.masked_fill(grad > 0, float("nan"))), ValueError, "grad must be finite"),
+        (dict(eps=torch.tensor([0.1, 0.1, 0.1j])), TypeError, "eps must be a real"),
+        (dict(validate=1), TypeError, "validate must be a bool"),
         (dict(x_adv=x_adv[:0], x_clean=x[:0], grad=grad[:0]), ValueError, "non-empty batch"),
         (dict(norm="l1"), ValueError, "norm must be one of"),
     ], ok
@@ -337,3 +346,31 @@ def test_inputs_not_modified(backend):
             _assert_equal(t, old, f"{norm}: {name} modified")
         assert torch.equal(loss, torch.tensor([1.0, 2.0, 3.0]))
         assert out.data_ptr() not in (x_adv.data_ptr(), x.data_ptr(), grad.data_ptr())
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_l2_infinite_gradient_is_refused_not_turned_into_nan(backend):
+    """Issue 17: an infinite gradient under L2 used to return NaN (inf / inf)."""
+    x = torch.full((2, 5), 0.5)
+    grad = torch.ones(2, 5)
+    grad[1, 3] = float("inf")
+    with pytest.raises(ValueError, match="grad must be finite"):
+        pgd_step(x, x, grad, eps=0.5, alpha=0.1, norm="l2", backend=backend)
+    out = pgd_step(x, x, torch.ones(2, 5), eps=0.5, alpha=0.1, norm="l2", backend=backend)
+    assert torch.isfinite(out).all()
+
+
+def test_validate_false_skips_the_value_checks_for_hot_loops():
+    x = torch.full((2, 5), 0.5)
+    out = pgd_step(torch.full((2, 5), 1.5), x, torch.ones(2, 5), eps=0.1, alpha=0.1,
+                   validate=False)
+    assert out.max() <= 1.0  # clamped into the box, as documented
+
+
+def test_tracking_loss_must_be_finite():
+    x = torch.full((2, 5), 0.5)
+    best_adv, best_loss = x.clone(), torch.full((2,), -float("inf"))
+    with pytest.raises(ValueError, match="loss must be finite"):
+        pgd_step(x, x, torch.ones(2, 5), eps=0.1, alpha=0.1, loss=torch.tensor([1.0, math.inf]),
+                 best_loss=best_loss, best_adv=best_adv)
+    assert torch.equal(best_loss, torch.full((2,), -float("inf")))

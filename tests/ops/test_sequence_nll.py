@@ -98,13 +98,24 @@ def test_peak_memory_is_a_fraction_of_the_logits_path(one_intra_op_thread):
 
 
 @pytest.mark.parametrize("kwargs, error, pattern", [
-    ({"hidden": torch.zeros(2, 3)}, TypeError, "hidden"),
+    ({"hidden": torch.zeros(2, 3)}, ValueError, "hidden"),
+    ({"hidden": torch.zeros(2, 3, 4, dtype=torch.int64)}, TypeError, "hidden"),
     ({"lm_head_weight": torch.zeros(5, 7)}, ValueError, "hidden size"),
     ({"lm_head_weight": torch.zeros(5, 4, dtype=torch.float64)}, TypeError, "weight"),
     ({"labels": torch.zeros(2, 3)}, TypeError, "labels"),
     ({"labels": torch.zeros(2, 4, dtype=torch.int64)}, ValueError, "labels"),
     ({"bias": torch.zeros(4)}, ValueError, "bias"),
     ({"chunk": 0}, ValueError, "chunk"),
+    ({"chunk": 2.0}, TypeError, "chunk"),
+    ({"bias": [0.0] * 5}, TypeError, "bias"),
+    ({"hidden": torch.full((2, 3, 4), float("nan"))}, ValueError, "hidden must be finite"),
+    ({"lm_head_weight": torch.full((5, 4), float("inf"))}, ValueError,
+     "lm_head_weight must be finite"),
+    ({"bias": torch.full((5,), float("nan"))}, ValueError, "bias must be finite"),
+    ({"hidden": torch.zeros(2, 3, 4, device="meta"), "lm_head_weight":
+      torch.zeros(5, 4, device="meta"), "labels": torch.zeros(2, 3, dtype=torch.int64,
+                                                              device="meta")},
+     ValueError, "meta"),
 ])
 def test_errors_name_the_argument(kwargs, error, pattern):
     args = {"hidden": torch.zeros(2, 3, 4), "lm_head_weight": torch.zeros(5, 4),
@@ -124,3 +135,11 @@ def test_out_of_range_labels_raise():
     labels[0, 2] = 10
     with pytest.raises(ValueError, match="labels must be token ids"):
         sequence_nll(hidden, weight, labels)
+
+
+def test_validate_false_lets_hot_loops_skip_the_finiteness_check():
+    hidden = torch.zeros(1, 3, 4)
+    hidden[0, 0, 0] = float("nan")
+    out = sequence_nll(hidden, torch.zeros(5, 4), torch.zeros(1, 3, dtype=torch.int64),
+                       validate=False)
+    assert torch.isnan(out.sum).all()  # documented: unchecked inputs, unchecked outputs

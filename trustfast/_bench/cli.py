@@ -17,20 +17,56 @@ import torch
 
 from trustfast._bench import registry
 from trustfast._bench.timing import machine, matmul_ceiling
+from trustfast.checkpoint import save_json, save_text
+from trustfast.config import ConfigError
 
 MATMUL_N = {"cuda": 8192, "cpu": 1024}
 
 
 def parse_sizes(text: str) -> list[int]:
+    """'1e6,1e7' -> [1000000, 10000000]; a ConfigError (a ValueError) naming --sizes for
+    anything but positive finite counts."""
     try:
         sizes = [int(float(s)) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--sizes must be comma-separated numbers like 1e6,1e7, got {text!r}"
-        ) from None
+    except (ValueError, OverflowError):  # "ten"; "inf" / "1e400" overflow int()
+        raise ConfigError("--sizes", f"must be comma-separated numbers like 1e6,1e7, got "
+                                     f"{text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise ValueError(f"--sizes must list positive parameter counts, got {text!r}")
+        raise ConfigError("--sizes", f"must list positive parameter counts, got {text!r}")
     return sizes
+
+
+def bench_device(text: str | None) -> torch.device:
+    """The device of --device (default: CUDA when present); CUDA asked for where there is none
+    is a ConfigError naming --device."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError("--device", f"must be cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", f"is {text!r} but CUDA is not available here; use "
+                                      "--device cpu")
+    return device
+
+
+def check_bench_args(args) -> None:
+    """Refuse bad flags before any timing: each error is a ConfigError naming its flag."""
+    parse_sizes(args.sizes)
+    bench_device(args.device)
+    if args.repeats < 1:
+        raise ConfigError("--repeats", f"must be >= 1, got {args.repeats}")
+    try:
+        registry.parse_names(getattr(args, "ops", None))
+    except ValueError as exc:
+        raise ConfigError("--ops", str(exc).removeprefix("--ops ")) from None
+    out = getattr(args, "out", None)
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError("--out", f"must be a folder (new or existing), got {out!r}, an "
+                                   "existing file")
 
 
 def _cell(value, fmt: str) -> str:
@@ -80,11 +116,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run_bench(args) -> int:
     """args: sizes, device, repeats, out; optional ops ('masked_update,pgd' or 'all') and
-    small (shrink every bench's sizes)."""
+    small (shrink every bench's sizes). Bad flags are a ConfigError naming the flag (see
+    `check_bench_args`), raised before anything is timed; results are written atomically."""
+    check_bench_args(args)
     sizes = parse_sizes(args.sizes)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    device = bench_device(args.device)
     names = registry.parse_names(getattr(args, "ops", None))
     small = bool(getattr(args, "small", False))
     ceilings, rows = {}, []
@@ -112,8 +148,6 @@ def run_bench(args) -> int:
         os.makedirs(args.out, exist_ok=True)
         config = {"ops": list(names), "sizes": sizes, "device": str(device),
                   "repeats": args.repeats, "small": small, "ceilings": ceilings, **machine()}
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"config": config, "rows": rows}, f, indent=1)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(table + "\n")
+        save_json(os.path.join(args.out, "results.json"), {"config": config, "rows": rows})
+        save_text(os.path.join(args.out, "results.md"), table + "\n")
     return 1 if any("error" in r for r in rows) else 0

@@ -25,21 +25,31 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
+from trustfast.checks import IMAGE_HINT, check_choice, check_number, check_tensor, shown
 from trustfast.ops.pgd_step import NORMS, pgd_step
 from trustfast.utils import eval_mode
 
+SCALE_HINT = {
+    "eps": "eps is in the [0, 1] image scale: 8/255, not 8",
+    "alpha": "alpha is in the [0, 1] image scale: 2/255, not 2",
+}
 
-def _as_list(name: str, value) -> list[float]:
+
+def budget_list(name: str, value, norm: str = "linf") -> list[float]:
+    """`value` (a number or a non-empty list of numbers) as floats >= 0, and <= 1 for the L-inf
+    norm: budgets and step sizes are in the [0, 1] image scale, so 8 (meant as 8/255) is
+    refused with that hint. L2 budgets may exceed 1 (3.0 is usual on 224x224 images); the call
+    bounds them by the diameter of the image cube instead."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
         raise ValueError(f"{name} must not be empty")
+    hint = SCALE_HINT.get(name, "")
     out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a number or a list of numbers, got {v!r}")
-        if not v >= 0 or v != v or v == float("inf"):
-            raise ValueError(f"{name} must be finite and >= 0, got {v}")
-        out.append(float(v))
+    for i, v in enumerate(values):
+        where = name if len(values) == 1 and not isinstance(value, (list, tuple)) \
+            else f"{name}[{i}]"
+        out.append(float(check_number(where, v, low=0.0, high=1.0 if norm == "linf" else None,
+                                      hint=hint if norm == "linf" else "")))
     return out
 
 
@@ -48,9 +58,10 @@ class PGD:
 
     Args:
         model: classifier (or any module) taking images in [0, 1] (after `normalization`).
-        eps: budget (float), or a list of budgets attacked in the same batch.
-        alpha: step size (float), or one per eps.
-        steps: number of gradient steps.
+        eps: budget (float in [0, 1], the image scale: 8/255, not 8), or a list of budgets
+            attacked in the same batch.
+        alpha: step size (float in [0, 1]), or one per eps.
+        steps: number of gradient steps (an int >= 0; 0 returns the best random start).
         random_start: start from a uniform point in the L-inf ball (L2: torchattacks' scheme).
         norm: "linf" or "l2".
         restarts: random restarts, batched; each example keeps its highest-loss restart.
@@ -63,6 +74,12 @@ class PGD:
 
     Returns (from a call): adversarial images shaped like `images`, or (len(eps), *images.shape)
     when `eps` is a list.
+
+    Refused (TypeError / ValueError naming the argument): eps or alpha above 1 for L-inf (a
+    budget in pixel units: 8 instead of 8/255; for L2, eps above the diameter sqrt(C H W) of
+    the image cube), negative or NaN; a non-integer steps or restarts; an
+    unknown norm; images that are not floating point, NaN/Inf or outside [0, 1] (already
+    normalized: pass `normalization` instead); labels that are not one per image.
     """
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] = 8 / 255,
@@ -74,17 +91,21 @@ class PGD:
                  track_best: bool = False, seed: int | None = None, backend: str | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        check_choice("norm", norm, NORMS)
+        # steps=0 is meaningful: the (best) random start itself
+        steps = check_number("steps", steps, low=0, integer=True)
+        restarts = check_number("restarts", restarts, low=1, integer=True)
+        for flag, value in (("random_start", random_start), ("targeted", targeted),
+                            ("track_best", track_best)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool, got {shown(value)}")
+        if seed is not None:
+            seed = check_number("seed", seed, low=0, integer=True)
         if loss is not None and not callable(loss):
             raise TypeError("loss must be callable (outputs, labels) -> per-sample loss")
         self.model = model
-        self.eps_list = _as_list("eps", eps)
-        alphas = _as_list("alpha", alpha)
+        self.eps_list = budget_list("eps", eps, norm)
+        alphas = budget_list("alpha", alpha, norm)
         if len(alphas) == 1:
             alphas = alphas * len(self.eps_list)
         if len(alphas) != len(self.eps_list):
@@ -96,11 +117,20 @@ class PGD:
         self.track_best, self.seed, self.backend = track_best, seed, backend
         self.normalization = None
         if normalization is not None:
-            mean, std = normalization
-            self.normalization = (torch.as_tensor(mean, dtype=torch.float64),
-                                  torch.as_tensor(std, dtype=torch.float64))
-            if (self.normalization[1] <= 0).any():
-                raise ValueError("normalization std must be > 0")
+            if not isinstance(normalization, (list, tuple)) or len(normalization) != 2:
+                raise TypeError(f"normalization must be a (mean, std) pair, got "
+                                f"{shown(normalization)}")
+            try:
+                mean, std = (torch.as_tensor(t, dtype=torch.float64).flatten()
+                             for t in normalization)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"normalization must be (mean, std), each a number or one per "
+                                f"channel, got {shown(normalization)}") from None
+            check_tensor("normalization mean", mean, finite=True, nonempty=True)
+            check_tensor("normalization std", std, finite=True, nonempty=True)
+            if (std <= 0).any():
+                raise ValueError(f"normalization std must be > 0, got {std.tolist()}")
+            self.normalization = (mean, std)
 
     # ------------------------------------------------------------------ pieces
 
@@ -135,21 +165,28 @@ class PGD:
         return torch.clamp(x + delta * radius / norms * eps_b, 0, 1)
 
     def _check_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise TypeError("images must be a floating-point tensor (N, C, H, W) in [0, 1]")
+        # any batch of dimension >= 2 (NCHW images, or (N, features) inputs), values in [0, 1]
+        if isinstance(images, torch.Tensor) and not images.is_floating_point():
+            raise TypeError(f"images must be a floating-point tensor (N, C, H, W) in [0, 1], "
+                            f"got a {images.dtype} tensor ({IMAGE_HINT})")
+        images = check_tensor("images", images, dtypes="floating", hint=IMAGE_HINT)
         if images.dim() < 2 or images.shape[0] == 0:
             raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError("images must be finite and in [0, 1], got NaN or Inf values")
-        lo, hi = float(images.min()), float(images.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"images must be in [0, 1], got min {lo:.4g}, max {hi:.4g} "
-                             "(pass normalization=(mean, std) instead of normalized inputs)")
+        check_tensor("images", images, low=0.0, high=1.0,
+                     hint="pass normalization=(mean, std) instead of normalized inputs; "
+                          + IMAGE_HINT)
+        if self.norm == "l2":
+            diameter = images[0].numel() ** 0.5  # the largest L2 distance inside [0, 1]^d
+            if max(self.eps_list) > diameter:
+                raise ValueError(f"eps must be <= {diameter:.4g} (the L2 diameter of the "
+                                 f"[0, 1] image cube of {images[0].numel()} values), got "
+                                 f"{max(self.eps_list)} (eps is in the [0, 1] image scale)")
         if not isinstance(labels, torch.Tensor):
             raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
         if labels.shape[:1] != images.shape[:1]:
-            raise ValueError(f"labels must have {images.shape[0]} entries (one per image), got "
-                             f"shape {tuple(labels.shape)}")
+            raise ValueError(f"labels must have {images.shape[0]} entries (one per image; images "
+                             f"has shape {tuple(images.shape)}), got shape "
+                             f"{tuple(labels.shape)}")
         if self.loss is None and (labels.dim() != 1 or labels.is_floating_point()):
             raise ValueError(f"labels must be class indices of shape ({images.shape[0]},) for "
                              f"the default cross-entropy, got {labels.dtype} "

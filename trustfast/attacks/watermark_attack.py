@@ -23,7 +23,8 @@ import time
 import torch
 from torch import nn
 
-from trustfast.attacks.pgd import PGD
+from trustfast.attacks.pgd import PGD, budget_list
+from trustfast.checks import check_choice, check_images, check_number, check_tensor, shown
 
 MESSAGES = ("fixed", "random")
 
@@ -59,13 +60,16 @@ class _Watermarked(nn.Module):
 
 
 def _check_references(images: torch.Tensor, references: torch.Tensor,
-                      same: torch.Tensor) -> None:
-    if not isinstance(references, torch.Tensor) or references.shape != images.shape:
-        raise ValueError(f"references must be images shaped like images {tuple(images.shape)}, "
-                         f"got {tuple(getattr(references, 'shape', ()))}")
-    if not isinstance(same, torch.Tensor) or same.shape != (images.shape[0],):
-        raise ValueError(f"same must be a bool tensor of shape ({images.shape[0]},), got "
-                         f"{tuple(getattr(same, 'shape', ()))}")
+                      same: torch.Tensor, names: tuple[str, str] = ("images",
+                                                                    "references")) -> None:
+    """images and references: float NCHW in [0, 1] of one shape; same: bool (N,)."""
+    check_images(names[0], images)
+    if isinstance(references, torch.Tensor) and references.shape != images.shape:
+        raise ValueError(f"{names[1]} must be images shaped like {names[0]} "
+                         f"{tuple(images.shape)}, got {tuple(references.shape)}")
+    check_images(names[1], references)
+    check_tensor("same", same, dtypes=(torch.bool,), shape=(images.shape[0],),
+                 hint="True where the pair shows one person")
 
 
 class AdversarialWatermarkAttack:
@@ -76,10 +80,11 @@ class AdversarialWatermarkAttack:
         face_model: a `trustfast.faces.FaceVerifier` (embed(x) differentiable in x, threshold).
         watermark_encoder: a `trustfast.watermark.WatermarkModel` (its `embed(images, bits)`) or
             any callable (images, bits) -> watermarked images, differentiable in images.
-        eps: L-inf budget (a float, or a list attacked in one batch as PGD does).
-        steps, alpha: PGD steps and step size (default alpha: 2.5 eps / steps, Madry et al.'s
-            rule; eps / 8 at 20 steps, which on the built-in faces left 0.40 of genuine pairs
-            matched at 4/255 where eps / 4 left 0.45).
+        eps: L-inf budget in the [0, 1] image scale (4/255, not 4; a float, or a list attacked
+            in one batch as PGD does); values above 1 are refused.
+        steps, alpha: PGD steps (an int >= 1) and step size (in [0, 1]; default alpha:
+            2.5 eps / steps, Madry et al.'s rule; eps / 8 at 20 steps, which on the built-in
+            faces left 0.40 of genuine pairs matched at 4/255 where eps / 4 left 0.45).
         message: "fixed" (one message: `bits` at call time or a seeded random one) or "random"
             (`num_messages` fresh random messages per step).
         message_bits: length of the watermark message (taken from the encoder's config when it
@@ -105,23 +110,28 @@ class AdversarialWatermarkAttack:
         if not callable(encode):
             raise TypeError("watermark_encoder must be a WatermarkModel or a callable "
                             "(images, bits) -> images")
-        if message not in MESSAGES:
-            raise ValueError(f"message must be one of {MESSAGES}, got {message!r}")
-        if not isinstance(num_messages, int) or num_messages < 1:
-            raise ValueError(f"num_messages must be an int >= 1, got {num_messages!r}")
+        check_choice("message", message, MESSAGES)
+        num_messages = check_number("num_messages", num_messages, low=1, integer=True)
+        steps = check_number("steps", steps, low=1, integer=True)
+        restarts = check_number("restarts", restarts, low=1, integer=True)
+        seed = check_number("seed", seed, low=0, integer=True)
+        if not isinstance(track_best, bool):
+            raise TypeError(f"track_best must be a bool, got {shown(track_best)}")
+        eps_values = budget_list("eps", eps)
         if message_bits is None:
             config = getattr(watermark_encoder, "config", None)
             message_bits = getattr(config, "message_bits", None)
-        if not isinstance(message_bits, int) or message_bits < 1:
+        if message_bits is None:
             raise ValueError("message_bits must be an int >= 1 (pass it when the encoder has no "
-                             f"config.message_bits), got {message_bits!r}")
-        if not kappa >= 0 or not stealth_weight >= 0:
-            raise ValueError(f"kappa and stealth_weight must be >= 0, got {kappa}, "
-                             f"{stealth_weight}")
-        eps_list = eps if isinstance(eps, (list, tuple)) else [eps]
+                             "config.message_bits), got None")
+        message_bits = check_number("message_bits", message_bits, low=1, integer=True)
+        kappa = float(check_number("kappa", kappa, low=0.0))
+        stealth_weight = float(check_number("stealth_weight", stealth_weight, low=0.0))
         if alpha is None:
-            alpha = [2.5 * e / max(steps, 1) for e in eps_list]
+            alpha = [2.5 * e / steps for e in eps_values]
             alpha = alpha if isinstance(eps, (list, tuple)) else alpha[0]
+        else:
+            budget_list("alpha", alpha)
         self.face_model, self.watermark = face_model, watermark_encoder
         self.eps, self.steps, self.alpha = eps, steps, alpha
         self.message, self.num_messages, self.message_bits = message, num_messages, message_bits
@@ -149,14 +159,22 @@ class AdversarialWatermarkAttack:
 
     def __call__(self, images: torch.Tensor, references: torch.Tensor, same: torch.Tensor,
                  bits: torch.Tensor | None = None) -> torch.Tensor:
-        """Adversarial probes shaped like `images` ((len(eps), ...) for a list of eps)."""
+        """Adversarial probes shaped like `images` ((len(eps), ...) for a list of eps).
+
+        images, references: float NCHW in [0, 1] of one shape (NaN/Inf refused); same: bool
+        (N,); bits: 0/1 values, one message or one per image (message='fixed' only)."""
         _check_references(images, references, same)
         fixed = None
         if self.message == "fixed":
             if bits is None:
                 gen = torch.Generator().manual_seed(self.seed)
                 bits = torch.randint(0, 2, (self.message_bits,), generator=gen).float()
-            bits = torch.as_tensor(bits, dtype=torch.float32)
+            if isinstance(bits, torch.Tensor) and not (bits.is_floating_point()
+                                                       or bits.dtype == torch.bool):
+                bits = bits.float()
+            if not isinstance(bits, torch.Tensor):
+                raise TypeError(f"bits must be a tensor of 0/1 values, got {shown(bits)}")
+            bits = bits.to(torch.float32)
             if bits.shape[-1] != self.message_bits or bits.dim() > 2 or \
                     not bool(((bits == 0) | (bits == 1)).all()):
                 raise ValueError(f"bits must hold {self.message_bits} values in {{0, 1}} (one "
@@ -203,7 +221,22 @@ def evaluate_watermark_attack(verifier, watermark, probes: torch.Tensor,
                               kappa: float = 0.02, seed: int = 0) -> list[dict]:
     """The four cells (clean, watermark only, perturbation only, perturbation + watermark) at
     every eps. The evaluation watermarks carry fresh random messages (the attack never saw
-    them when message='random')."""
+    them when message='random').
+
+    probes, references: float NCHW in [0, 1] of one shape; same: bool (N,); eps: a non-empty
+    list of L-inf budgets in [0, 1] (8/255, not 8); the other arguments as in
+    `AdversarialWatermarkAttack`."""
+    _check_references(probes, references, same, names=("probes", "references"))
+    if not isinstance(eps, (list, tuple)) or not eps:
+        raise TypeError(f"eps must be a non-empty list of budgets (e.g. [4/255, 8/255]), got "
+                        f"{shown(eps)}")
+    budget_list("eps", eps)
+    if not callable(getattr(watermark, "embed", None)) or \
+            not callable(getattr(watermark, "decode", None)) or \
+            getattr(getattr(watermark, "config", None), "message_bits", None) is None:
+        raise TypeError(f"watermark must be a trustfast.watermark.WatermarkModel (embed, decode, "
+                        f"config.message_bits), got {shown(watermark)}")
+    seed = check_number("seed", seed, low=0, integer=True)
     bits_n = watermark.config.message_bits
     eval_bits = _random_bits(len(probes), bits_n, seed + 1)
     rows = []

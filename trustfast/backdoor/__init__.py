@@ -16,6 +16,7 @@ from trustfast.backdoor.poison import (
     triggered_test_set,
 )
 from trustfast.backdoor.scores import (
+    CollapsedModelWarning,
     masked_scaled_prediction_consistency,
     scaled_prediction_consistency,
     scaled_prediction_consistency_loop,
@@ -24,7 +25,8 @@ from trustfast.backdoor.scores import (
 from trustfast.backdoor.training import accuracy, backdoor_report, train_classifier
 
 __all__ = [
-    "ATTACKS", "AdaptiveBlend", "Trigger", "BadNets", "Blend", "LabelConsistent", "MSPCConfig",
+    "ATTACKS", "AdaptiveBlend", "Trigger", "BadNets", "Blend", "CollapsedModelWarning",
+    "LabelConsistent", "MSPCConfig",
     "MSPCResult", "PoisonedDataset", "Trojan", "WaNet", "accuracy", "auroc", "backdoor_report",
     "identify_mspc", "masked_scaled_prediction_consistency", "poison",
     "scaled_prediction_consistency", "scaled_prediction_consistency_loop", "split_rates",

@@ -46,8 +46,11 @@ from tqdm.auto import tqdm
 
 from trustfast.backdoor.scores import (
     DEFAULT_SCALES,
-    masked_scaled_prediction_consistency,
+    _check,
+    _mspc,
+    model_device,
     scale_inputs,
+    warn_if_collapsed,
 )
 from trustfast.config import Config
 from trustfast.utils import eval_mode
@@ -99,10 +102,14 @@ class MSPCResult:
     history: list[dict]  # round 0 (warm start), then per outer round: flagged, loss, mask
     seconds: float
     config: dict
+    # True when the model predicts one class for every image: the scores then carry no
+    # information (every sample keeps its prediction, all are flagged); a warning says so too
+    collapsed: bool = False
 
     def to_json(self) -> dict:
         return {"config": self.config, "history": self.history, "seconds": self.seconds,
-                "n_flagged": int(self.flagged.sum()), "scores": self.scores.tolist()}
+                "n_flagged": int(self.flagged.sum()), "collapsed": self.collapsed,
+                "scores": self.scores.tolist()}
 
 
 def mspc_inner_loss(model: nn.Module, x: torch.Tensor, logp: torch.Tensor, w: torch.Tensor,
@@ -141,25 +148,29 @@ def identify_mspc(model: nn.Module, images: torch.Tensor, config: MSPCConfig | N
     The bi-level MSPC of Pal et al. (ICLR 2024) as BackdoorMSPC's `bilevel_full.py` runs it (see
     the module docstring). Returns the MSPC scores under the learned mask (use them for AUROC)
     and the threshold-free split `flagged = scores > 0`. The model is frozen and not changed.
+
+    Refused: a model that is not an nn.Module, images that are not a non-empty float
+    (N, C, H, W) batch in [0, 1] (divide uint8 by 255, undo a normalization), a config that is
+    not an MSPCConfig. A collapsed model (one class predicted for every image) gets a
+    CollapsedModelWarning and `result.collapsed = True`: every sample then keeps its prediction
+    at every scale, so all are flagged and the scores say nothing about poisoning.
     """
-    cfg = config or MSPCConfig()
+    cfg = MSPCConfig() if config is None else config
+    if not isinstance(cfg, MSPCConfig):
+        raise TypeError(f"config must be an MSPCConfig or None, got {type(cfg).__name__}")
     cfg.validate()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 \
-            or not images.is_floating_point():
-        raise TypeError("images must be a float tensor (N, C, H, W) in [0, 1], got "
-                        f"{getattr(images, 'shape', type(images).__name__)}")
+    _check(model, images, cfg.scales)
     start = time.perf_counter()
-    device = next(model.parameters()).device
+    device = model_device(model, images.device)
     scales = torch.tensor([float(s) for s in cfg.scales], device=device, dtype=images.dtype)
     n, _, h, w_px = images.shape
     with torch.no_grad(), eval_mode(model):
         logp = torch.cat([fn.log_softmax(model(images[i:i + 512].to(device)), dim=1)
                           for i in range(0, n, 512)])
-    warm = masked_scaled_prediction_consistency(model, images, None, cfg.tau, cfg.scales)
+    collapsed = warn_if_collapsed(logp.argmax(1), "identify_mspc")
+    warm = _mspc(model, images, None, cfg.tau, cfg.scales, 256)[0]
     split = warm > 0
-    history = [{"round": 0, "n_flagged": int(split.sum())}]
+    history = [{"round": 0, "n_flagged": int(split.sum()), "collapsed": collapsed}]
     mask = torch.ones(1, 1, h, w_px, device=device, dtype=images.dtype, requires_grad=True)
     # one optimizer for the whole run: its momentum carries over the outer rounds, as in
     # bilevel_full.py
@@ -197,8 +208,7 @@ def identify_mspc(model: nn.Module, images: torch.Tensor, config: MSPCConfig | N
                     warnings.warn(f"MSPC round {rnd + 1}: skipped {skipped} inner steps with a "
                                   "non-finite gradient on the mask", RuntimeWarning,
                                   stacklevel=2)
-                scores = masked_scaled_prediction_consistency(model, images, mask.detach(),
-                                                              cfg.tau, cfg.scales)
+                scores = _mspc(model, images, mask.detach(), cfg.tau, cfg.scales, 256)[0]
                 new_split = scores > 0
                 changed = int((new_split != split).sum())
                 split = new_split
@@ -212,4 +222,5 @@ def identify_mspc(model: nn.Module, images: torch.Tensor, config: MSPCConfig | N
             p.requires_grad_(True)
     return MSPCResult(scores=scores, flagged=split, mask=mask.detach().cpu(),
                       warm_start_scores=warm, history=history,
-                      seconds=time.perf_counter() - start, config=asdict(cfg))
+                      seconds=time.perf_counter() - start, config=asdict(cfg),
+                      collapsed=collapsed)

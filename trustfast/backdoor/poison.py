@@ -32,14 +32,35 @@ from torch import nn
 from torch.nn import functional as fn
 from torch.utils.data import Dataset
 
+from trustfast.backdoor.scores import check_count
+from trustfast.checks import FLOATING, check_choice, check_images, check_number, check_tensor, shown
 from trustfast.data import dataset_tensors
 from trustfast.utils import eval_mode
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor (N, C, H, W) in [0, 1], got "
-                        f"{getattr(images, 'shape', type(images).__name__)}")
+    """A float (N, C, H, W) batch in [0, 1] (trustfast.checks.check_images)."""
+    check_images(name, images)
+
+
+def _check_unit(name: str, value, low_open: bool = True) -> float:
+    """A number in (0, 1] (or [0, 1] with low_open=False): blend weights, ratios."""
+    return check_number(name, value, low=0.0, high=1.0, low_open=low_open)
+
+
+def _check_position(position) -> None:
+    corners = ("bottom-right", "top-left", "top-right", "bottom-left", "random")
+    if isinstance(position, str):
+        check_choice("position", position, corners)
+        return
+    if not isinstance(position, tuple) or len(position) != 2:
+        raise TypeError(f"position must be one of {corners} or a (row, col) tuple of ints, got "
+                        f"{shown(position)}")
+    for axis, v in zip(("row", "col"), position):
+        check_number(f"position {axis}", v, low=0, integer=True)
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def _seeded(seed: int, device=None) -> torch.Generator:
@@ -81,14 +102,10 @@ class BadNets(Trigger):
     name = "badnets"
 
     def __post_init__(self):
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be an int >= 1, got {self.size!r}")
-        if self.pattern not in ("checkerboard", "white"):
-            raise ValueError(f"pattern must be 'checkerboard' or 'white', got {self.pattern!r}")
-        corners = ("bottom-right", "top-left", "top-right", "bottom-left", "random")
-        if isinstance(self.position, str) and self.position not in corners:
-            raise ValueError(f"position must be one of {corners} or (row, col), "
-                             f"got {self.position!r}")
+        self.size = check_count("size", self.size, low=1)
+        self.margin = check_count("margin", self.margin, low=0)
+        check_choice("pattern", self.pattern, ("checkerboard", "white"))
+        _check_position(self.position)
 
     def patch(self, channels: int) -> torch.Tensor:
         if self.pattern == "white":
@@ -139,8 +156,11 @@ class Blend(Trigger):
     name = "blend"
 
     def __post_init__(self):
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        self.alpha = _check_unit("alpha", self.alpha)
+        self.pattern_seed = check_count("pattern_seed", self.pattern_seed, low=0)
+        if self.pattern is not None:
+            check_tensor("pattern", self.pattern, dtypes=FLOATING, ndim=3, low=0.0, high=1.0,
+                         hint="a (C, H, W) image in [0, 1]")
 
     def _pattern(self, images: torch.Tensor) -> torch.Tensor:
         if self.pattern is None:
@@ -175,8 +195,12 @@ class WaNet(Trigger):
     name = "wanet"
 
     def __post_init__(self):
-        if self.k < 2 or self.s < 0 or self.cross_ratio < 0:
-            raise ValueError("WaNet needs k >= 2, s >= 0 and cross_ratio >= 0")
+        self.k = check_count("k", self.k, low=2)
+        self.s = check_number("s", self.s, low=0.0)
+        self.grid_rescale = check_number("grid_rescale", self.grid_rescale, low=0.0,
+                                         low_open=True)
+        self.cross_ratio = check_number("cross_ratio", self.cross_ratio, low=0.0)
+        self.grid_seed = check_count("grid_seed", self.grid_seed, low=0)
 
     def grid(self, h: int, w: int) -> torch.Tensor:
         """The trigger's sampling grid (1, H, W, 2) in [-1, 1]."""
@@ -196,6 +220,7 @@ class WaNet(Trigger):
 
     def apply_noise(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """The noise-mode warp: the trigger grid plus uniform noise of one pixel."""
+        _check_images(images)
         n, _, h, w = images.shape
         grid = self.grid(h, w).to(images).expand(n, -1, -1, -1)
         jitter = torch.rand(n, h, w, 2, generator=generator).to(images) * 2 - 1
@@ -228,16 +253,26 @@ class Trojan(Trigger):
     name = "trojan"
 
     def __post_init__(self):
+        self.steps = check_count("steps", self.steps, low=1)
+        self.lr = check_number("lr", self.lr, low=0.0, low_open=True)
+        self.seed = check_count("seed", self.seed, low=0)
         self._patch: torch.Tensor | None = None
         self._where = BadNets(self.size, self.position, "white")
+        self.size = self._where.size
 
     def fit(self, model: nn.Module, layer: nn.Module, image_shape: Sequence[int],
             neuron: int | None = None) -> Trojan:
         """Optimize the patch on `model` (images of `image_shape` = (C, H, W)); returns self."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {shown(model)}")
         if not isinstance(layer, nn.Module) or layer not in list(model.modules()):
             raise ValueError("layer must be a submodule of model")
-        unit = _strongest_neuron(layer) if neuron is None else int(neuron)
-        c, h, w = image_shape
+        if not isinstance(image_shape, (tuple, list, torch.Size)) or len(image_shape) != 3:
+            raise TypeError(f"image_shape must be (C, H, W), got {shown(image_shape)}")
+        c, h, w = (check_number(f"image_shape[{i}]", v, low=1, integer=True)
+                   for i, v in enumerate(image_shape))
+        unit = (_strongest_neuron(layer) if neuron is None
+                else check_number("neuron", neuron, low=0, integer=True))
         row, col = self._where._corner(h, w)
         device = next(model.parameters()).device
         logit = torch.zeros(1, c, self.size, self.size, device=device)
@@ -298,8 +333,13 @@ class LabelConsistent(Trigger):
     clean_label = True
 
     def __post_init__(self):
-        if not 0 < self.amplitude <= 1:
-            raise ValueError(f"amplitude must be in (0, 1], got {self.amplitude}")
+        if self.model is not None and not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be an nn.Module or None, got {shown(self.model)}")
+        self.amplitude = _check_unit("amplitude", self.amplitude)
+        self.eps = check_number("eps", self.eps, low=0.0, high=1.0, low_open=True,
+                                hint="an L-inf budget on [0, 1] images, e.g. 16/255")
+        self.steps = check_count("steps", self.steps, low=1)
+        self.seed = check_count("seed", self.seed, low=0)
         self._corners = [BadNets(self.size, p) for p in
                          ("top-left", "top-right", "bottom-left", "bottom-right")]
 
@@ -319,6 +359,7 @@ class LabelConsistent(Trigger):
                              "poisoned images hard with PGD")
         if labels is None:
             raise ValueError("LabelConsistent.apply(train=True) needs the labels for PGD")
+        check_tensor("labels", labels, dtypes=_INT_DTYPES, shape=(len(images),))
         from trustfast.attacks import PGD
 
         pgd = PGD(self.model, eps=self.eps, alpha=self.eps / 4, steps=self.steps,
@@ -347,8 +388,14 @@ class AdaptiveBlend(Trigger):
     name = "adaptive_blend"
 
     def __post_init__(self):
-        if self.pieces < 1 or not 0 < self.piece_ratio <= 1:
-            raise ValueError("pieces must be >= 1 and piece_ratio in (0, 1]")
+        self.pieces = check_count("pieces", self.pieces, low=1)
+        self.piece_ratio = _check_unit("piece_ratio", self.piece_ratio)
+        self.train_alpha = _check_unit("train_alpha", self.train_alpha)
+        self.test_alpha = _check_unit("test_alpha", self.test_alpha)
+        if self.cover_ratio is not None:
+            self.cover_ratio = check_number("cover_ratio", self.cover_ratio, low=0.0, high=1.0,
+                                            high_open=True)
+        self.pattern_seed = check_count("pattern_seed", self.pattern_seed, low=0)
 
     def _cells(self, n: int, h: int, w: int, generator) -> torch.Tensor:
         k = self.pieces
@@ -408,23 +455,43 @@ class PoisonedDataset(Dataset):
                 "n_cover": int(self.cover.sum()), "seed": self.seed}
 
 
-def _check_ratio(ratio: float, target: int, labels: torch.Tensor) -> None:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
-    classes = int(labels.max()) + 1
-    if not isinstance(target, int) or not 0 <= target < classes:
-        raise ValueError(f"target must be a class index in [0, {classes}), got {target!r}")
+def _check_target(target: int, labels: torch.Tensor) -> int:
+    """An int class index in [0, number of classes) (a str, float or bool is a TypeError)."""
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    if isinstance(target, float) or (isinstance(target, torch.Tensor)
+                                     and target.is_floating_point()):
+        raise TypeError(f"target must be a class index (an int), got {shown(target)}")
+    return check_number("target", target, low=0, high=classes, high_open=True, integer=True,
+                        hint=f"a class index of the data, which has {classes} classes")
+
+
+def _check_ratio(ratio: float, target: int, labels: torch.Tensor) -> tuple[float, int]:
+    ratio = check_number("ratio", ratio, low=0.0, high=1.0, low_open=True, high_open=True,
+                         hint="the fraction of the samples to poison")
+    return ratio, _check_target(target, labels)
+
+
+def _check_attack(attack) -> None:
+    if not isinstance(attack, Trigger):
+        raise TypeError(f"attack must be a trustfast.backdoor Trigger, got "
+                        f"{type(attack).__name__}")
 
 
 def poison(dataset: Dataset, attack: Trigger, ratio: float = 0.1, target: int = 0,
            seed: int = 0) -> PoisonedDataset:
     """Poison round(ratio * N) samples of `dataset` with `attack` (labels -> `target`, except for
-    clean-label attacks, which draw only from the target class). Seeded: same seed, same set."""
-    if not isinstance(attack, Trigger):
-        raise TypeError(f"attack must be a trustfast.backdoor Trigger, got {type(attack).__name__}")
+    clean-label attacks, which draw only from the target class). Seeded: same seed, same set.
+
+    Refused with an error naming the argument: an `attack` that is not a Trigger, dataset images
+    that are not float NCHW in [0, 1] (divide uint8 by 255, undo a normalization), a `ratio`
+    outside (0, 1), a `target` that is not an int class index of the data, a negative or
+    non-int `seed`.
+    """
+    _check_attack(attack)
+    seed = check_count("seed", seed, low=0)
     images, labels = dataset_tensors(dataset)
     _check_images(images, "dataset images")
-    _check_ratio(ratio, target, labels)
+    ratio, target = _check_ratio(ratio, target, labels)
     n = len(labels)
     gen = _seeded(seed)
     n_poison = max(1, round(ratio * n))
@@ -473,8 +540,11 @@ def poison(dataset: Dataset, attack: Trigger, ratio: float = 0.1, target: int = 
 def triggered_test_set(test: Dataset, attack: Trigger, target: int) -> tuple[torch.Tensor,
                                                                               torch.Tensor]:
     """(images, labels) for the attack success rate: non-target test images with the test-time
-    trigger, all labelled `target`."""
-    images, labels = dataset_tensors(test)
+    trigger, all labelled `target` (an int class index of the test set)."""
+    _check_attack(attack)
+    images, labels = dataset_tensors(test, "test")
+    _check_images(images, "test images")
+    target = _check_target(target, labels)
     keep = labels != target
     x = attack.apply(images[keep], _seeded(0), train=False).clamp(0, 1)
     return x, torch.full((int(keep.sum()),), target, dtype=labels.dtype)

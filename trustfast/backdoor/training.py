@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trustfast.backdoor.poison import Trigger, triggered_test_set
+from trustfast.backdoor.poison import _INT_DTYPES, Trigger, triggered_test_set
+from trustfast.backdoor.scores import check_count, model_device
+from trustfast.checks import check_images, check_tensor, shown
 from trustfast.data import dataset_tensors
 from trustfast.utils import eval_mode
 
@@ -26,13 +28,23 @@ def train_classifier(model: nn.Module, data: Dataset, epochs: int = 30, lr: floa
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 512) -> float:
-    """Top-1 accuracy in percent."""
-    device = next(model.parameters()).device
+    """Top-1 accuracy in percent: 100 mean_i 1[argmax f(x_i) = y_i].
+
+    images: float (N, C, H, W) in [0, 1]; labels: (N,) integer class indices (a float or
+    mismatched-length tensor is refused, never compared after a cast or broadcast).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {shown(model)}")
+    check_images("images", images)
+    check_tensor("labels", labels, dtypes=_INT_DTYPES, shape=(len(images),), nonempty=True,
+                 low=0, hint="integer class indices, one per image")
+    batch_size = check_count("batch_size", batch_size)
+    device = model_device(model, images.device)
     hits = 0
     with eval_mode(model):
         for i in range(0, len(labels), batch_size):
             pred = model(images[i:i + batch_size].to(device)).argmax(1).cpu()
-            hits += int((pred == labels[i:i + batch_size]).sum())
+            hits += int((pred == labels[i:i + batch_size].cpu()).sum())
     return 100.0 * hits / len(labels)
 
 

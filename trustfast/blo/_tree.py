@@ -10,6 +10,16 @@ from torch.utils import _pytree as pytree
 Tree = Any
 
 
+def check_count(name: str, value: Any, low: int = 1, high: float | None = None) -> int:
+    """An iteration count: an int >= low (<= high). Unlike `checks.check_number(integer=True)`,
+    a float is refused even when whole: `steps=1e300` would loop forever (TypeError)."""
+    from trustfast.checks import check_number, shown
+
+    if isinstance(value, float) or (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        raise TypeError(f"{name} must be an integer, got {shown(value)}")
+    return check_number(name, value, low=low, high=high, integer=True)
+
+
 def leaves(tree: Tree) -> list[torch.Tensor]:
     return pytree.tree_leaves(tree)
 

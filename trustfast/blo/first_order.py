@@ -20,6 +20,8 @@ from torch.func import grad
 from trustfast.blo import _tree
 from trustfast.blo._tree import Tree
 from trustfast.blo.hvp import _scalar
+from trustfast.blo.implicit import _check_losses
+from trustfast.checks import check_number
 
 
 @dataclass
@@ -52,14 +54,14 @@ def penalty_grad(
         steps, lr: gradient-descent steps and step size for both inner problems (y descends
             F / s + g, whose curvature is that of g plus O(1/s), so one lr serves both).
     """
-    if not penalty > 0:
-        raise ValueError(f"penalty must be > 0, got {penalty}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    penalty = check_number("penalty", penalty, low=0.0, low_open=True)
+    steps = _tree.check_count("steps", steps)
+    lr = check_number("lr", lr, low=0.0, low_open=True)
+    _check_losses(outer_loss=outer_loss, inner_loss=inner_loss)
     _tree.check_tree("inner_params", inner_params)
     _tree.check_tree("outer_params", outer_params)
+    if y0 is not None:
+        _tree.check_like("y0", y0, inner_params, "inner_params")
     lam = _tree.detach(outer_params)
     z = _tree.detach(inner_params)
     y = _tree.detach(inner_params if y0 is None else y0)

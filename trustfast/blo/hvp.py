@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from trustfast.blo import _tree
 from trustfast.blo._tree import Tree
+from trustfast.checks import check_choice, check_number
 
 HVP_MODES = ("fwd_rev", "rev_rev", "finite_diff")
 _warned_fallback = False
@@ -46,11 +47,18 @@ def _grad_fn(f: Callable, args: Sequence) -> Callable[[Tree], Tree]:
     return grad(lambda p: _scalar(f(p, *args)))
 
 
-def _check(f, params, v, mode, batched) -> None:
+def _check_args(args) -> None:
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"args must be a tuple of extra positional arguments of f, got "
+                        f"{type(args).__name__} (wrap one argument: args=(x,))")
+
+
+def _check(f, params, v, mode, batched, name: str = "f") -> None:
     if not callable(f):
-        raise TypeError(f"f must be callable, got {type(f).__name__}")
-    if mode not in HVP_MODES:
-        raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
+        raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+    check_choice("mode", mode, HVP_MODES)
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {batched!r}")
     _tree.check_tree("params", params)
     if v is not None:
         _tree.check_like("v", v, params, "params", batched=batched)
@@ -82,9 +90,8 @@ def _warn_fallback(exc: BaseException) -> None:
 
 def _finite_diff_step(params: Tree, v: Tree, eps: float | None) -> float:
     if eps is not None:
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        return eps
+        return check_number("eps", eps, low=0.0, low_open=True,
+                            hint="the finite-difference step")
     dtype = _tree.leaves(params)[0].dtype
     # r = sqrt(machine eps) * (1 + ||p||) / ||v||: balances truncation O(r^2) and rounding O(1/r)
     # for a central difference (Nocedal & Wright, sec. 8.1).
@@ -109,7 +116,12 @@ def hvp(f: Callable, params: Tree, v: Tree, *, args: Sequence = (), mode: str = 
     Returns:
         H v with `v`'s structure (and batch dim), detached.
     """
+    if v is None:
+        raise TypeError("v must be a tree of tensors shaped like params, got None")
     _check(f, params, v, mode, batched)
+    _check_args(args)
+    if mode == "finite_diff" and eps is not None:
+        eps = _finite_diff_step(params, v, eps)
     params = _tree.detach(params)
     v = _tree.detach(v)
     grad_f = _grad_fn(f, args)
@@ -154,6 +166,7 @@ def hvp_operator(f: Callable, params: Tree, *, args: Sequence = (),
     recompute per product (as `hvp`).
     """
     _check(f, params, None, mode, False)
+    _check_args(args)
     params = _tree.detach(params)
     if mode == "rev_rev":
         _, vjp_fn = vjp(_grad_fn(f, args), params)
@@ -174,7 +187,12 @@ def gnvp(model_fn: Callable, loss_fn: Callable, params: Tree, v: Tree, *,
     H_L = d^2 loss / dz^2. Positive semi-definite whenever the loss is convex in z, which makes it
     a safe matrix for conjugate gradients where the Hessian is indefinite.
     """
-    _check(model_fn, params, v, "fwd_rev", batched)
+    if v is None:
+        raise TypeError("v must be a tree of tensors shaped like params, got None")
+    _check(model_fn, params, v, "fwd_rev", batched, "model_fn")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    _check_args(args)
     params, v = _tree.detach(params), _tree.detach(v)
 
     def model(p):
@@ -198,6 +216,8 @@ def module_loss(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
     buffers = {k: b.detach() for k, b in model.named_buffers()}
 

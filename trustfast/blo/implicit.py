@@ -19,15 +19,21 @@ from trustfast.blo import _tree
 from trustfast.blo._tree import Tree
 from trustfast.blo.hvp import _scalar, hvp_operator
 from trustfast.blo.solvers import SOLVERS, SolveResult, solve
+from trustfast.checks import check_choice
 
 ON_FAIL = ("warn", "raise")
 
 
 def _check_solver(solver: str, on_fail: str) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if on_fail not in ON_FAIL:
-        raise ValueError(f"on_fail must be one of {ON_FAIL}, got {on_fail!r}")
+    check_choice("solver", solver, SOLVERS)
+    check_choice("on_fail", on_fail, ON_FAIL)
+
+
+def _check_losses(**fns) -> None:
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable (inner, outer) -> scalar tensor, got "
+                            f"{type(fn).__name__}")
 
 
 def _fail(result: SolveResult, what: str) -> None:
@@ -70,6 +76,7 @@ def implicit_grad(
         grads shaped like `outer_params` (and the SolveResult if `return_result`).
     """
     _check_solver(solver, on_fail)
+    _check_losses(outer_loss=outer_loss, inner_loss=inner_loss)
     _tree.check_tree("inner_params", inner_params)
     _tree.check_tree("outer_params", outer_params)
     theta, lam = _tree.detach(inner_params), _tree.detach(outer_params)

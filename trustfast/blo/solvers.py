@@ -7,6 +7,7 @@ with a TrustfastWarning), never passed off as a solution. Non-finite iterates st
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import torch
 
 from trustfast.blo import _tree
 from trustfast.blo._tree import Tree
+from trustfast.checks import check_choice, check_number
 
 SOLVERS = ("cg", "neumann", "fixed_point")
 
@@ -34,12 +36,20 @@ class SolveResult:
                 "iterations": self.iterations, "reason": self.reason}
 
 
-def _check_common(b: Tree, tol: float, max_iter: int) -> None:
-    _tree.check_tree("b", b)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+def _check_common(b: Tree, tol: float, max_iter: int, name: str = "b") -> tuple[float, int]:
+    """b a tree of floating tensors; tol a finite number > 0; max_iter an int >= 1 (a str such
+    as "10" is a TypeError, never parsed)."""
+    _tree.check_tree(name, b)
+    tol = check_number("tol", tol, low=0.0, low_open=True,
+                       hint="the relative residual ||b - A x|| / ||b|| to reach")
+    max_iter = _tree.check_count("max_iter", max_iter)
+    return tol, max_iter
+
+
+def _check_callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable (v -> A v on trees), got "
+                        f"{type(fn).__name__}")
 
 
 def _finish(result: SolveResult, name: str, warn: bool) -> SolveResult:
@@ -53,8 +63,7 @@ def _finish(result: SolveResult, name: str, warn: bool) -> SolveResult:
 
 
 def _damped(matvec: Callable[[Tree], Tree], damping: float) -> Callable[[Tree], Tree]:
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
+    damping = check_number("damping", damping, low=0.0)
     if damping == 0:
         return matvec
     return lambda v: _tree.add(matvec(v), v, damping)
@@ -66,9 +75,14 @@ def cg(matvec: Callable[[Tree], Tree], b: Tree, x0: Tree | None = None, *, dampi
     """Conjugate gradients for (A + damping I) x = b, A symmetric positive definite
     (Hestenes & Stiefel 1952). Stops when ||r|| <= tol ||b||; negative curvature p^T A p <= 0
     (A not positive definite) stops it with converged=False."""
-    _check_common(b, tol, max_iter)
+    _check_callable("matvec", matvec)
+    tol, max_iter = _check_common(b, tol, max_iter)
+    if x0 is not None:
+        _tree.check_like("x0", x0, b, "b")
     op = _damped(matvec, damping)
     b_norm = _tree.norm(b)
+    if not math.isfinite(b_norm):
+        raise ValueError("b must be finite, got NaN/Inf in its leaves")
     if b_norm == 0:
         return SolveResult(_tree.zeros_like(b), [0.0], True, 0, "b = 0")
     x = _tree.zeros_like(b) if x0 is None else _tree.detach(x0)
@@ -109,11 +123,13 @@ def neumann(matvec: Callable[[Tree], Tree], b: Tree, *, alpha: float = 1.0, damp
     """Truncated Neumann series x = alpha sum_k (I - alpha A)^k b for (A + damping I) x = b
     (Lorraine et al. 2020). Converges when the spectral radius of I - alpha A is below 1,
     i.e. 0 < alpha < 2 / lambda_max(A); a growing residual stops it as diverged."""
-    _check_common(b, tol, max_iter)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+    _check_callable("matvec", matvec)
+    tol, max_iter = _check_common(b, tol, max_iter)
+    alpha = check_number("alpha", alpha, low=0.0, low_open=True)
     op = _damped(matvec, damping)
     b_norm = _tree.norm(b)
+    if not math.isfinite(b_norm):
+        raise ValueError("b must be finite, got NaN/Inf in its leaves")
     if b_norm == 0:
         return SolveResult(_tree.zeros_like(b), [0.0], True, 0, "b = 0")
     term = _tree.scale(b, alpha)
@@ -146,10 +162,11 @@ def fixed_point(step: Callable[[Tree], Tree], x0: Tree, *, tol: float = 1e-6, ma
     changes. `scale` defaults to ||x0|| (1 if x0 = 0). For a linear system `solve` uses
     step(x) = x + alpha (b - A x) and scale = alpha ||b||, so the residuals are exactly the
     relative residuals ||b - A x|| / ||b|| of the iterates."""
-    _check_common(x0, tol, max_iter)
+    _check_callable("step", step)
+    tol, max_iter = _check_common(x0, tol, max_iter, "x0")
     x = _tree.detach(x0)
-    if scale is not None and not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+    if scale is not None:
+        scale = check_number("scale", scale, low=0.0, low_open=True)
     scale = scale or _tree.norm(x) or 1.0
     result = SolveResult(x, [])
     for k in range(1, max_iter + 1):
@@ -171,17 +188,20 @@ def fixed_point(step: Callable[[Tree], Tree], x0: Tree, *, tol: float = 1e-6, ma
 
 def solve(name: str, matvec: Callable[[Tree], Tree], b: Tree, **kwargs) -> SolveResult:
     """Dispatch to `cg` or `neumann` by name (`fixed_point` uses x <- x + alpha (b - A x))."""
+    check_choice("solver", name, SOLVERS)
     if name == "cg":
         return cg(matvec, b, **kwargs)
     if name == "neumann":
         return neumann(matvec, b, **kwargs)
     if name == "fixed_point":
-        alpha = kwargs.pop("alpha", 1.0)
+        alpha = check_number("alpha", kwargs.pop("alpha", 1.0), low=0.0, low_open=True)
         damping = kwargs.pop("damping", 0.0)
+        _check_callable("matvec", matvec)
+        _tree.check_tree("b", b)
         op = _damped(matvec, damping)
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
         b_norm = _tree.norm(b)
+        if not math.isfinite(b_norm):
+            raise ValueError("b must be finite, got NaN/Inf in its leaves")
         if b_norm == 0:
             return SolveResult(_tree.zeros_like(b), [0.0], True, 0, "b = 0")
         return fixed_point(lambda x: _tree.add(x, _tree.add(b, op(x), -1.0), alpha),

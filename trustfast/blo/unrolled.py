@@ -16,6 +16,8 @@ from torch.func import grad
 from trustfast.blo import _tree
 from trustfast.blo._tree import Tree
 from trustfast.blo.hvp import _scalar
+from trustfast.blo.implicit import _check_losses
+from trustfast.checks import check_number
 
 
 def _gd_step(inner_loss: Callable, lr: float):
@@ -46,13 +48,10 @@ def unrolled_grad(
         steps: T inner gradient-descent steps; lr: their step size.
         truncate: K, how many of the last steps to differentiate (default all).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    truncate = steps if truncate is None else truncate
-    if not isinstance(truncate, int) or not 1 <= truncate <= steps:
-        raise ValueError(f"truncate must be an int in [1, steps={steps}], got {truncate!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    steps = _tree.check_count("steps", steps)
+    truncate = steps if truncate is None else _tree.check_count("truncate", truncate, high=steps)
+    lr = check_number("lr", lr, low=0.0, low_open=True)
+    _check_losses(outer_loss=outer_loss, inner_loss=inner_loss)
     _tree.check_tree("inner_params", inner_params)
     _tree.check_tree("outer_params", outer_params)
     theta, lam = _tree.detach(inner_params), _tree.detach(outer_params)

@@ -6,6 +6,10 @@ import torch
 from torch.nn.functional import interpolate
 from torch.utils.data import TensorDataset
 
+from trustfast.checks import check_choice, check_number
+
+MAX_DIGITS_SIZE = 256  # the largest upsampled side `digits` makes
+
 
 def digits(test_fraction: float = 0.2, seed: int = 0, size: int = 8,
            channels: int = 1) -> tuple[TensorDataset, TensorDataset]:
@@ -14,13 +18,16 @@ def digits(test_fraction: float = 0.2, seed: int = 0, size: int = 8,
     The split is random (not stratified) and seeded: the same seed gives the same split
     everywhere. `size` > 8 upsamples bilinearly (e.g. 32 for CIFAR-style models such as
     `trustfast.models.resnet18`); `channels` = 3 repeats the gray channel.
+
+    Refused with an error naming the argument: test_fraction outside (0, 1), a negative or
+    non-int seed, size not an int in [8, 256], channels other than the int 1 or 3.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an int >= 8, got {size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    check_number("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True,
+                 high_open=True)
+    seed = check_number("seed", seed, low=0, integer=True)
+    # at most 256 px: 1,797 digits x 256^2 x 4 B is 470 MB per channel; beyond it only memory grows
+    size = check_number("size", size, low=8, high=MAX_DIGITS_SIZE, integer=True)
+    check_choice("channels", channels, (1, 3))
     from sklearn.datasets import load_digits
 
     raw = load_digits()

@@ -24,6 +24,8 @@ import math
 import torch
 from torch.nn import functional as fn
 
+from trustfast.checks import check_number, check_tensor
+
 # Uniform draws per identity: shape/colour parameters, then the texture layout.
 _N_IDENTITY = 53
 _N_FRECKLES = 14
@@ -40,8 +42,11 @@ _IRIS = torch.tensor([[0.30, 0.18, 0.08], [0.20, 0.40, 0.75], [0.25, 0.55, 0.30]
 
 
 def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    """An int >= minimum: a str or bool is a TypeError, a smaller int a ValueError; a float is
+    a ValueError for now (tests/faces asserts it; the family's TypeError is the target)."""
+    if isinstance(value, float):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r} (float)")
+    check_number(name, value, low=minimum, integer=True)
 
 
 def _mix(seed: int, key: int) -> int:
@@ -285,9 +290,10 @@ def face_pairs(labels: torch.Tensor, num_pairs: int,
     `num_pairs // 2` genuine pairs (same label; identity drawn uniformly among those with two
     or more images, then two of its images) and the rest impostor pairs (two images drawn
     uniformly with different labels). Raises ValueError if too few distinct pairs exist."""
-    if not torch.is_tensor(labels) or labels.dim() != 1 or labels.dtype.is_floating_point:
-        raise ValueError(f"labels must be a 1-D integer tensor, got "
-                         f"{getattr(labels, 'shape', type(labels))}")
+    check_tensor("labels", labels, ndim=1, hint="a 1-D integer tensor of identity labels")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        # a ValueError, not the family's TypeError: tests/faces asserts it (see issue 17 notes)
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype}")
     _check_int("num_pairs", num_pairs, 2)
     _check_int("seed", seed, 0)
     labels = labels.cpu()

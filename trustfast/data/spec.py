@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from trustfast.checks import check_number
 from trustfast.data.adapt import as_image_dataset, label_index
 from trustfast.data.images import ImageSize, image_size
 
@@ -38,6 +39,10 @@ def split_dataset(dataset: Dataset, test_fraction: float = 0.2,
     """(train, test): a seeded random split, round(test_fraction * N) items to the test part
     (the order of `trustfast.data.digits`' split: same seed, same split)."""
     _check_fraction(test_fraction)
+    seed = check_number("seed", seed, low=0, integer=True)
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"dataset must be a map-style Dataset (with __len__ and __getitem__), "
+                        f"got {type(dataset).__name__}")
     n = len(dataset)
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
@@ -49,9 +54,8 @@ def split_dataset(dataset: Dataset, test_fraction: float = 0.2,
 
 
 def _check_fraction(test_fraction) -> None:
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    check_number("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True,
+                 high_open=True, hint="the share of the items in the test split")
 
 
 def _builtin(scheme: str, hw: tuple[int, int] | None, seed: int, test_fraction: float):

@@ -14,6 +14,7 @@ and tau = 0, with the same optimizer and schedule.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +67,8 @@ class IdentifyConfig(ExperimentConfig):
             self.at_least(key, 1)
         self.at_least("lr", 0, strict=True)
         self.require(self.size >= 8 and self.size % 2 == 0, "size", "an even int >= 8")
+        if self.image_size is not None:
+            self.at_least("image_size", 8)
         self.within("test_fraction", 0, 1, low_open=True, high_open=True)
 
 
@@ -125,6 +128,7 @@ def make_trigger(name: str, cfg: IdentifyConfig, out: str, resume: bool, train, 
 
 def _rows_for(cfg: IdentifyConfig, attack: str, model: nn.Module, data, report: dict):
     from trustfast.backdoor import (
+        CollapsedModelWarning,
         auroc,
         identify_mspc,
         scaled_prediction_consistency,
@@ -137,19 +141,25 @@ def _rows_for(cfg: IdentifyConfig, attack: str, model: nn.Module, data, report: 
     rows = []
     for method in cfg.methods:
         start = time.perf_counter()
-        if method in ("mspc", "mspc_contrastive"):
-            result = identify_mspc(model, images, getattr(cfg, method))
-            scores, flagged = result.scores, result.flagged
-        elif method == "spc":
-            scores = scaled_prediction_consistency(model, images, cfg.mspc.scales)
-            flagged = scores > 0.5  # MSPC(m=1, tau=0) > 0: most scales keep the prediction
-        else:
-            scores = strip_scores(model, images, cfg.strip_overlays, seed=cfg.seed)
-            flagged = None  # STRIP sets its threshold on clean data, which we do not have
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CollapsedModelWarning)
+            if method in ("mspc", "mspc_contrastive"):
+                result = identify_mspc(model, images, getattr(cfg, method))
+                scores, flagged = result.scores, result.flagged
+            elif method == "spc":
+                scores = scaled_prediction_consistency(model, images, cfg.mspc.scales)
+                flagged = scores > 0.5  # MSPC(m=1, tau=0) > 0: most scales keep the prediction
+            else:
+                scores = strip_scores(model, images, cfg.strip_overlays, seed=cfg.seed)
+                flagged = None  # STRIP sets its threshold on clean data, which we do not have
         seconds = time.perf_counter() - start
+        for w in caught:  # shown as raised; a collapsed model is also marked in its rows
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        collapsed = any(issubclass(w.category, CollapsedModelWarning) for w in caught)
         tpr, fpr = split_rates(flagged, truth) if flagged is not None else (None, None)
         rows.append({"attack": attack, "method": method, "AUROC": auroc(scores, truth),
-                     "TPR": tpr, "FPR": fpr, "seconds": seconds, **report,
+                     "TPR": tpr, "FPR": fpr, "collapsed": collapsed, "seconds": seconds,
+                     **report,
                      "ratio": data.ratio, "n_poisoned": int(truth.sum()), "n": len(truth)})
     return rows
 

@@ -31,6 +31,7 @@ class BilevelConfig(ExperimentConfig):
     def check(self) -> None:
         super().check()
         self.choice("ridge_method", RIDGE_METHODS)
+        self.within("ridge_log_alpha", -20, 20)
         self.require(self.cleaning.seed in (0, self.seed), "cleaning.seed",
                      f"0 or the run's seed ({self.seed}), which seeds it: set --seed")
         self.require(self.device == "cpu", "device",

@@ -8,6 +8,7 @@ through the UNet works (SDPA's fused CPU kernel has no forward-mode derivative).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,10 @@ class DiffusionAttentionConfig(ExperimentConfig):
         super().check()
         for key in ("steps", "batch", "prompt_tokens"):
             self.at_least(key, 1)
+        # checked here, not by from_pretrained: a name that is no folder would be looked up
+        # on the Hub (no network at run time)
+        self.require(self.model == "tiny" or os.path.isdir(self.model), "model",
+                     "'tiny' or an existing local diffusers UNet2DConditionModel folder")
 
 
 def _unet(cfg: DiffusionAttentionConfig):

@@ -138,10 +138,17 @@ class LLMUnlearnConfig(ExperimentConfig):
             self.overrides = merge_mappings(TINY_OVERRIDES, self.overrides)
         self.require("method" not in self.unlearn, "unlearn.method",
                      "left out (the methods come from `methods`)")
-        build_config(_unlearn_config_cls(), {"seed": self.seed, **self.unlearn},
-                     prefix="unlearn")
-        for method in self.methods:
-            self.method_config(method)
+        shared = build_config(_unlearn_config_cls(), {"seed": self.seed, **self.unlearn},
+                              prefix="unlearn")
+        # keep the coerced values (YAML's "1e-3" as 0.001), so the config saved with the
+        # results and compared on --resume holds what ran
+        self.unlearn = {k: getattr(shared, k) for k in self.unlearn}
+        for method in dict.fromkeys([*self.methods, *self.overrides]):
+            self.require(isinstance(self.overrides.get(method, {}), dict),
+                         f"overrides.{method}", "a mapping of UnlearnConfig fields")
+            built = self.method_config(method)
+            if method in self.overrides:
+                self.overrides[method] = {k: getattr(built, k) for k in self.overrides[method]}
 
     def method_config(self, method: str):
         """The method's UnlearnConfig: the run's seed, then `unlearn`, then

@@ -12,7 +12,9 @@ from trustfast.experiments.registry import Experiment, Result
 
 
 def cell(value) -> str:
-    """A table cell: 4 significant digits (scientific below 1e-3), "-" for None."""
+    """A table cell: 4 significant digits (scientific below 1e-3), "-" for None, and "nan",
+    "inf" or "-inf" for a non-finite float (results.json holds `null` there; see
+    `write_results`)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -53,13 +55,32 @@ def save_figure(fig, path: str) -> None:
     pyplot().close(fig)
 
 
+def non_finite(obj, path: str = "") -> list[str]:
+    """`"rows[2].loss = nan"` for every non-finite float (NaN, +-Inf) in nested JSON data."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{path} = {obj}"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 def write_results(out: str, result: Result, experiment: Experiment | None = None) -> list[str]:
     """results.json ({"config", "provenance", "rows"}), results.md and the experiment's PNGs
     in `out`; returns the paths written. Files get ordinary permissions (0644 under the usual
-    umask)."""
+    umask).
+
+    results.json is strict JSON: a non-finite float (a diverged loss, an undefined metric) is
+    written as `null`, and its place and value are listed in `provenance["non_finite"]`
+    (`["rows[2].loss = nan"]`); results.md shows it as "nan" / "inf" / "-inf", None as "-"."""
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, "results.json"), os.path.join(out, "results.md")]
-    save_json(paths[0], result.to_json())
+    data = result.to_json()
+    bad = non_finite(data)
+    if bad:
+        data["provenance"] = {**data["provenance"], "non_finite": bad}
+    save_json(paths[0], data)
     title = f"# {experiment.name}\n\n" if experiment is not None else ""
     table = markdown_table(result.rows, experiment.columns if experiment else None)
     save_text(paths[1], title + table + "\n")

@@ -4,7 +4,9 @@
 
 `out/run.json` records the experiment and its config when a run starts; `resume=True` refuses a
 config that differs from it (listing the keys that differ), reuses a finished run's results
-and lets the experiment pick up its checkpoints.
+and lets the experiment pick up its checkpoints. Every run (resumed or not) first deletes the
+temp files that a killed run's atomic writes left in `out` (`.tmp-*`, see
+`trustfast.checkpoint.atomic_write`, and safetensors' own `.tmpXXXXXX`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,15 @@ from trustfast.utils import resolve_device
 
 # Keys a resumed run may change: where it runs, not what it computes.
 RESUME_FREE_KEYS = ("device",)
+# temp files: trustfast.checkpoint.atomic_write's (".tmp-<random><name>") and those that
+# safetensors (0.8, Rust's tempfile) writes beside its target before renaming (".tmp<6 chars>")
+TEMP_FILE = re.compile(r"^\.tmp(-.+|[A-Za-z0-9_]{6})$")
+# a temp file older than this process, or than an hour, is no write in flight: a launched
+# job's other ranks import this module at about the same time and write nothing before, and
+# no checkpoint write takes an hour
+_PROCESS_STARTED = time.time()
+_STALE_AFTER_S = 3600.0
+MAX_TEMP_DEPTH = 3  # folder levels below out that are cleaned (out/checkpoints/ga/ is 2)
 PACKAGES = ("torch", "transformers", "diffusers", "deepspeed", "triton", "safetensors",
             "scikit-learn", "numpy")
 
@@ -70,6 +83,11 @@ def rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return 0
+
+
+def _launched_rank() -> int:
+    """This process's rank, also before the process group is made (a launcher's RANK)."""
+    return rank() or int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -137,6 +155,35 @@ def _at(data: Any, key: str) -> Any:
     return data
 
 
+def remove_stale_temp_files(out: str) -> list[str]:
+    """Delete the temp files of atomic writes (`.tmp-*`, and safetensors' `.tmpXXXXXX`) in
+    `out` and its subfolders that are older than this process (or than an hour): what a killed
+    run was writing when it died. Returns their paths.
+
+    Only a run folder (one with a run.json) is cleaned, to the depth experiments write at
+    (`out/checkpoints/<method>/`): an `--out` pointed at a folder of other things loses
+    nothing."""
+    before = max(_PROCESS_STARTED, time.time() - _STALE_AFTER_S)
+    removed: list[str] = []
+    if not os.path.isfile(os.path.join(out, "run.json")):
+        return removed
+    top = os.path.abspath(out).rstrip(os.sep).count(os.sep)
+    for root, dirs, names in os.walk(out):
+        if os.path.abspath(root).count(os.sep) - top >= MAX_TEMP_DEPTH:
+            dirs.clear()
+        for name in names:
+            path = os.path.join(root, name)
+            if not TEMP_FILE.match(name):
+                continue
+            try:
+                if os.path.getmtime(path) < before:
+                    os.remove(path)
+                    removed.append(path)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+    return removed
+
+
 def run_experiment(experiment: Experiment | str, config: ExperimentConfig | None, out: str,
                    resume: bool = False, **artefacts) -> Result:
     """Run (or resume) `experiment` with `config` into `out` and write its files.
@@ -144,7 +191,9 @@ def run_experiment(experiment: Experiment | str, config: ExperimentConfig | None
     `artefacts` are passed to the experiment's run: Python objects in place of the config's
     file specs (e.g. `model=`, `train=`, `test=` for the vision experiments). A finished run
     in `out` with the same config is returned as it is when `resume=True` (and no artefacts
-    are given)."""
+    are given); its results.md and plots are written again from its results.json (a run
+    killed while writing them has the rows but not all of its files). Temp files a killed run
+    left in `out` are deleted first (`remove_stale_temp_files`)."""
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     config = exp.config_cls() if config is None else config
     if not isinstance(config, exp.config_cls):
@@ -152,11 +201,15 @@ def run_experiment(experiment: Experiment | str, config: ExperimentConfig | None
                         f"{type(config).__name__}")
     config.validate()
     os.makedirs(out, exist_ok=True)
+    if _launched_rank() == 0:
+        remove_stale_temp_files(out)
     if resume:
         check_resume(out, exp.name, config)
         done = load_result(out) if not artefacts else None
         if done is not None and not [k for k in config_diff(done.config, to_dict(config))
                                      if k.split(".")[0] not in RESUME_FREE_KEYS]:
+            if _launched_rank() == 0:  # killed after results.json: results.md / plots lack
+                write_results(out, done, exp)
             return done
     save_json(os.path.join(out, "run.json"), {"experiment": exp.name, "config": to_dict(config)})
     started = datetime.datetime.now().astimezone()

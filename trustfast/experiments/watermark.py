@@ -98,8 +98,16 @@ class WatermarkAttackConfig(ExperimentConfig):
             self.at_least("image_size", 16)  # the procedural faces' smallest size
         self.at_least("kappa", 0)
         self.choice("message", MESSAGES)
+        scheme, _, root = self.data.partition(":")
+        self.require(self.data == "synthetic_faces" or (scheme == "imagefolder" and root),
+                     "data", "'synthetic_faces' or 'imagefolder:DIR'")
         if self.pairs is not None:
             self.require(os.path.isfile(self.pairs), "pairs", "an existing LFW-style pairs file")
+        for key, what in (("pairs_root", "an existing folder of the pairs' images"),
+                          ("face_model", "an existing trustfast face checkpoint folder"),
+                          ("watermark_model", "an existing WatermarkModel.save folder")):
+            if getattr(self, key) is not None:  # checked now, not after training the rest
+                self.require(os.path.isdir(getattr(self, key)), key, what)
         for key in ("face.seed", "watermark.seed"):  # the run's seed seeds both trainings
             self.require(self._value(key) in (0, self.seed), key,
                          f"0 or the run's seed ({self.seed}), which seeds it: set --seed")

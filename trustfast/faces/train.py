@@ -28,6 +28,7 @@ from trustfast.checkpoint import (
     optimizer_to_checkpoint,
     save_checkpoint,
 )
+from trustfast.checks import FLOATING, IMAGE_HINT, check_images, check_tensor
 from trustfast.config import Config
 from trustfast.faces.models import HEADS, IResNet, iresnet
 from trustfast.utils import progress_kwargs
@@ -67,11 +68,15 @@ class FaceTrainConfig(Config):
                              f"got {self.schedule!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (self.s > 0 and math.isfinite(self.s)):
+            raise ValueError(f"s (the logit scale) must be a finite number > 0, got {self.s!r}")
+        if self.m is not None and not (0 <= self.m < math.pi / 2):
+            raise ValueError(f"m (the margin) must be None or in [0, pi/2), got {self.m!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not self.weight_decay >= 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
@@ -105,26 +110,22 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
 
 
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 def _check_data(images, labels, input_size: int) -> None:
-    if not torch.is_tensor(images) or images.dim() != 4 or not images.dtype.is_floating_point:
-        raise ValueError(f"images must be a float tensor [N, C, H, W], got "
-                         f"{getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
+    """images: float [N, C, H, W], finite, in [0, 1], at the model's size; labels: int [N]."""
+    check_tensor("images", images, dtypes=FLOATING, ndim=4, hint=IMAGE_HINT)
     if images.shape[-2:] != (input_size, input_size):
         raise ValueError(f"images must be {input_size}x{input_size} (the model's input_size), "
                          f"got {tuple(images.shape[-2:])}")
-    if (not torch.is_tensor(labels) or labels.dim() != 1 or labels.dtype.is_floating_point
-            or labels.dtype == torch.bool):
-        raise ValueError(f"labels must be a 1-D integer tensor, got "
-                         f"{getattr(labels, 'dtype', type(labels))}")
+    check_tensor("labels", labels, dtypes=_INT_DTYPES, ndim=1, hint="integer identity ids")
     if len(labels) != len(images):
         raise ValueError(f"labels must have one entry per image: {len(labels)} labels, "
                          f"{len(images)} images")
     if len(images) < 2:
         raise ValueError(f"images must hold at least 2 images (batch norm), got {len(images)}")
-    lo, hi = float(images.min()), float(images.max())
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(f"images must be in [0, 1], got values in [{lo}, {hi}]")
+    check_images("images", images)
 
 
 def train_face_model(images: torch.Tensor, labels: torch.Tensor, cfg: FaceTrainConfig,
@@ -144,9 +145,7 @@ def train_face_model(images: torch.Tensor, labels: torch.Tensor, cfg: FaceTrainC
     if not isinstance(cfg, FaceTrainConfig):
         raise TypeError(f"cfg must be a FaceTrainConfig, got {type(cfg).__name__}")
     cfg.validate()
-    if not torch.is_tensor(images) or images.dim() != 4:
-        raise ValueError(f"images must be a float tensor [N, C, H, W], got "
-                         f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}")
+    check_tensor("images", images, dtypes=FLOATING, ndim=4, hint=IMAGE_HINT)
     if model_cfg is None:
         model_cfg = {"depth": "tiny", "input_size": images.shape[-1]}
     if not isinstance(model_cfg, dict):

@@ -7,6 +7,14 @@ threshold t is the similarity threshold 1 - t / 2.
 
 Embeddings follow the standard test-time protocol: embed the image and its horizontal flip,
 add the two embeddings, L2-normalize the sum.
+
+Input policy: every public function here refuses images that are not float [N, C, H, W]
+tensors (TypeError / ValueError naming the argument) and, by default, images with NaN/Inf or
+values outside [0, 1] (a ValueError: NaN pixels would give NaN embeddings, and normalized or
+0..255 images would be silently wrong). `embed`, `embed_differentiable` and
+`FaceVerifier.embed` take `validate=False` to skip the value checks (one read of the batch) in
+hot loops that made the images themselves, e.g. an attack that clamps to [0, 1]; the type and
+shape checks always run.
 """
 
 from __future__ import annotations
@@ -17,6 +25,15 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
+from trustfast.checks import (
+    FLOATING,
+    IMAGE_HINT,
+    check_images,
+    check_number,
+    check_same_shape,
+    check_tensor,
+    shown,
+)
 from trustfast.utils import eval_mode
 
 
@@ -24,28 +41,44 @@ def _insightface_thresholds() -> torch.Tensor:
     return torch.arange(0, 4, 0.01, dtype=torch.float64)  # np.arange(0, 4, 0.01)
 
 
-def _check_images(name: str, x) -> None:
-    if not torch.is_tensor(x) or x.dim() != 4 or not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a float tensor [N, C, H, W], got "
-                         f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+def _check_images(name: str, x, validate: bool = True) -> None:
+    """Float [N, C, H, W]; with `validate`, also finite and in [0, 1] (the module's policy)."""
+    if validate:
+        check_images(name, x)
+    else:
+        check_tensor(name, x, dtypes=FLOATING, ndim=4, hint=IMAGE_HINT)
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a face embedder), got {shown(model)}")
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {shown(value)}")
+
+
+def _check_pair_images(images_a, images_b) -> None:
+    _check_images("images_a", images_a)
+    _check_images("images_b", images_b)
+    check_same_shape("images_b", images_b, "images_a", images_a)
 
 
 def _check_pairs(distances, same) -> tuple[torch.Tensor, torch.Tensor]:
-    if not torch.is_tensor(distances) or distances.dim() != 1:
-        raise ValueError(f"distances must be a 1-D tensor, got "
-                         f"{tuple(getattr(distances, 'shape', ())) or type(distances)}")
-    if not torch.is_tensor(same) or same.dtype != torch.bool or same.shape != distances.shape:
-        raise ValueError(f"same must be a bool tensor of shape {tuple(distances.shape)}, got "
-                         f"{getattr(same, 'dtype', type(same))} "
-                         f"{tuple(getattr(same, 'shape', ()))}")
-    if not torch.isfinite(distances).all():
-        raise ValueError("distances must be finite")
+    check_tensor("distances", distances, dtypes=FLOATING, ndim=1)
+    check_tensor("same", same, dtypes=(torch.bool,), shape=tuple(distances.shape),
+                 hint="True where the pair shows one person")
+    check_tensor("distances", distances, finite=True)
     return distances.detach().double().cpu(), same.cpu()
 
 
-def embed_differentiable(model: nn.Module, images: torch.Tensor, flip: bool = True):
+def embed_differentiable(model: nn.Module, images: torch.Tensor, flip: bool = True,
+                         validate: bool = True):
     """normalize(model(x) + model(flip(x))) (or normalize(model(x))), differentiable in x.
-    The model's mode is left as it is (call it in eval mode)."""
+    The model's mode is left as it is (call it in eval mode). `validate=False` skips the
+    finiteness / [0, 1] check of `images` (see the module docstring)."""
+    _check_images("images", images, validate)
     if flip:
         out = model(torch.cat([images, images.flip(-1)]))
         out = out[:len(images)] + out[len(images):]
@@ -56,30 +89,32 @@ def embed_differentiable(model: nn.Module, images: torch.Tensor, flip: bool = Tr
 
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, flip: bool = True,
-          batch_size: int = 256) -> torch.Tensor:
+          batch_size: int = 256, validate: bool = True) -> torch.Tensor:
     """L2-normalized embeddings [N, D] (float32, on `images`' device) of `images` [N, C, H, W]
     in [0, 1]: normalize(f(x) + f(flip(x))) with `flip`, else normalize(f(x)); the model runs
-    in eval mode (each module's mode is restored afterwards), in batches on its own device."""
-    _check_images("images", images)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    in eval mode (each module's mode is restored afterwards), in batches on its own device.
+    NaN/Inf or out-of-range images are a ValueError unless `validate=False`."""
+    _check_model(model)
+    _check_images("images", images, validate)
+    _check_flag("flip", flip)
+    batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     param = next(model.parameters(), None)
     device = param.device if param is not None else images.device
     out = []
     with eval_mode(model):
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
-            out.append(embed_differentiable(model, x, flip).float().to(images.device))
+            out.append(embed_differentiable(model, x, flip, validate=False).float()
+                       .to(images.device))
     return torch.cat(out) if out else images.new_zeros(0, 0)
 
 
 def pair_distances(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances |a_i - b_i|^2 [N] between rows of two [N, D] embeddings."""
-    if not (torch.is_tensor(emb_a) and torch.is_tensor(emb_b)) or emb_a.dim() != 2 \
-            or emb_a.shape != emb_b.shape:
-        raise ValueError(f"emb_a and emb_b must be [N, D] tensors of one shape, got "
-                         f"{tuple(getattr(emb_a, 'shape', ()))} and "
-                         f"{tuple(getattr(emb_b, 'shape', ()))}")
+    """Squared Euclidean distances |a_i - b_i|^2 [N] between rows of two [N, D] embeddings
+    (float, finite)."""
+    check_tensor("emb_a", emb_a, dtypes=FLOATING, ndim=2, finite=True)
+    check_tensor("emb_b", emb_b, dtypes=FLOATING, ndim=2, finite=True)
+    check_same_shape("emb_b", emb_b, "emb_a", emb_a)
     return (emb_a - emb_b).pow(2).sum(1)
 
 
@@ -94,7 +129,13 @@ def _kfold_slices(n: int, folds: int) -> list[slice]:
 def _thresholds(thresholds) -> torch.Tensor:
     if thresholds is None:
         return _insightface_thresholds()
-    t = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if isinstance(thresholds, (str, bytes)):
+        raise TypeError(f"thresholds must be a sequence of numbers, got {shown(thresholds)}")
+    try:
+        t = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"thresholds must be a sequence of numbers, got "
+                        f"{shown(thresholds)}") from None
     if t.numel() == 0 or not torch.isfinite(t).all():
         raise ValueError("thresholds must be a non-empty sequence of finite numbers")
     return t
@@ -130,7 +171,8 @@ def kfold_accuracy(distances: torch.Tensor, same: torch.Tensor, folds: int = 10,
     over all pairs). `thresholds` None: insightface's grid 0, 0.01, ..., 3.99.
     """
     d, s = _check_pairs(distances, same)
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= len(d):
+    folds = check_number("folds", folds, integer=True)
+    if not 2 <= folds <= len(d):
         raise ValueError(f"folds must be an int in [2, number of pairs = {len(d)}], "
                          f"got {folds!r}")
     t = _thresholds(thresholds)
@@ -167,9 +209,9 @@ def tar_at_far(distances: torch.Tensor, same: torch.Tensor,
     d, s = _check_pairs(distances, same)
     scalar = not isinstance(far, Sequence)
     fars = [far] if scalar else list(far)
-    for f in fars:
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-            raise ValueError(f"far must be in (0, 1] (or a sequence of such), got {far!r}")
+    if not fars:
+        raise ValueError("far must be a number in (0, 1] or a non-empty sequence of such")
+    fars = [check_number("far", f, low=0.0, high=1.0, low_open=True) for f in fars]
     genuine, impostor = d[s], torch.sort(d[~s]).values
     if len(genuine) == 0 or len(impostor) == 0:
         raise ValueError("same must mark at least one genuine and one impostor pair")
@@ -187,13 +229,10 @@ def evaluate_pairs(model: nn.Module, images_a: torch.Tensor, images_b: torch.Ten
                    batch_size: int = 256) -> dict:
     """Embed both sides of each pair and report the 10-fold verification accuracy (`accuracy`,
     `std`, `thresholds`, `best_threshold`, `fold_accuracies`) and `tar@far=<far>` for each far."""
-    _check_images("images_a", images_a)
-    _check_images("images_b", images_b)
-    if images_a.shape != images_b.shape:
-        raise ValueError(f"images_a and images_b must have one shape, got "
-                         f"{tuple(images_a.shape)} and {tuple(images_b.shape)}")
-    d = pair_distances(embed(model, images_a, flip, batch_size),
-                       embed(model, images_b, flip, batch_size))
+    _check_model(model)
+    _check_pair_images(images_a, images_b)
+    d = pair_distances(embed(model, images_a, flip, batch_size, validate=False),
+                       embed(model, images_b, flip, batch_size, validate=False))
     out = kfold_accuracy(d, same, folds)
     fars = list(far) if isinstance(far, Sequence) else [far]
     for f, tar in zip(fars, tar_at_far(d, same, fars)):
@@ -205,10 +244,10 @@ def fit_threshold(model: nn.Module, images_a: torch.Tensor, images_b: torch.Tens
                   same: torch.Tensor, flip: bool = True, batch_size: int = 256) -> float:
     """The squared-distance threshold of best accuracy on the given pairs (exact: a midpoint
     between consecutive pair distances, see `best_threshold`)."""
-    _check_images("images_a", images_a)
-    _check_images("images_b", images_b)
-    d = pair_distances(embed(model, images_a, flip, batch_size),
-                       embed(model, images_b, flip, batch_size))
+    _check_model(model)
+    _check_pair_images(images_a, images_b)
+    d = pair_distances(embed(model, images_a, flip, batch_size, validate=False),
+                       embed(model, images_b, flip, batch_size, validate=False))
     return best_threshold(d, same)[0]
 
 
@@ -216,10 +255,11 @@ def fit_threshold(model: nn.Module, images_a: torch.Tensor, images_b: torch.Tens
 def verify(model: nn.Module, images_a: torch.Tensor, images_b: torch.Tensor, threshold: float,
            flip: bool = True, batch_size: int = 256) -> torch.Tensor:
     """Bool [N]: pair i matches iff |e(a_i) - e(b_i)|^2 < threshold (normalized embeddings)."""
-    _check_images("images_a", images_a)
-    _check_images("images_b", images_b)
-    return pair_distances(embed(model, images_a, flip, batch_size),
-                          embed(model, images_b, flip, batch_size)) < threshold
+    _check_model(model)
+    _check_pair_images(images_a, images_b)
+    threshold = check_number("threshold", threshold, low=0.0, high=4.0)
+    return pair_distances(embed(model, images_a, flip, batch_size, validate=False),
+                          embed(model, images_b, flip, batch_size, validate=False)) < threshold
 
 
 class FaceVerifier(nn.Module):
@@ -233,9 +273,10 @@ class FaceVerifier(nn.Module):
 
     def __init__(self, model: nn.Module, threshold: float, flip: bool = True):
         super().__init__()
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not 0 <= threshold <= 4:
-            raise ValueError(f"threshold must be a squared distance in [0, 4], got {threshold!r}")
+        _check_model(model)
+        _check_flag("flip", flip)
+        threshold = check_number("threshold", threshold, low=0.0, high=4.0,
+                                 hint="a squared distance between unit embeddings")
         self.model, self.threshold, self.flip = model, float(threshold), bool(flip)
         self.eval()
 
@@ -249,9 +290,11 @@ class FaceVerifier(nn.Module):
     def similarity_threshold(self) -> float:
         return 1.0 - self.threshold / 2.0
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        _check_images("x", x)
-        return embed_differentiable(self.model, x, self.flip)
+    def embed(self, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """Unit embeddings of images `x` in [0, 1], differentiable in x (`validate=False`:
+        skip the finiteness / range check, see the module docstring)."""
+        _check_images("x", x, validate)
+        return embed_differentiable(self.model, x, self.flip, validate=False)
 
     forward = embed
 

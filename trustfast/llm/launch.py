@@ -18,7 +18,9 @@ Evaluation runs on rank 0 during training: every process joins in gathering the 
 (ZeRO-3 partitions them), rank 0 loads them into an evaluation copy and scores it, the others
 wait. Every log line and evaluation carries the world size, ZeRO stage and effective batch.
 Checkpoints are DeepSpeed's own (every rank writes its partition; `latest` is written last, so
-an interrupted save leaves the previous epoch's) and `--resume` continues from them.
+an interrupted save leaves the previous epoch's) and `--resume` continues from them. They are
+read with `torch.load(weights_only=True)` (`trustfast.llm.checkpointing.use_safe_loads`), so a
+checkpoint folder from someone else cannot run code; `latest` must name an `epoch<N>` folder.
 """
 
 from __future__ import annotations
@@ -31,8 +33,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from trustfast.config import Config
-from trustfast.llm.checkpointing import check_resumable, set_checkpointing
+from trustfast.checkpoint import CheckpointError, state_item
+from trustfast.config import Config, ConfigError
+from trustfast.llm.checkpointing import (
+    check_resumable,
+    latest_tag,
+    set_checkpointing,
+    use_safe_loads,
+)
 from trustfast.llm.losses import unlearning_loss
 from trustfast.llm.optim import make_optimizer
 from trustfast.llm.train import UnlearnConfig, prepare_unlearning, train_epochs
@@ -51,9 +59,13 @@ class ZeroConfig(Config):
     def check(self) -> None:
         self.choice("stage", (0, 1, 2, 3))
         if self.offload_optimizer and self.stage == 0:
-            raise ValueError("offload_optimizer needs ZeRO stage 1, 2 or 3")
+            raise ConfigError("offload_optimizer", "needs ZeRO stage 1, 2 or 3, got stage 0")
         if self.offload_param and self.stage != 3:
-            raise ValueError("offload_param needs ZeRO stage 3")
+            raise ConfigError("offload_param", f"needs ZeRO stage 3, got stage {self.stage}")
+        clash = sorted(set(self.overrides) & {"stage", "offload_optimizer", "offload_param"})
+        if clash:
+            raise ConfigError(f"overrides.{clash[0]}", "is set by its own zero key (zero."
+                                                      f"{clash[0]}); drop it from overrides")
 
 
 def deepspeed_config(zero: ZeroConfig, config: UnlearnConfig, world_size: int) -> dict:
@@ -174,14 +186,21 @@ def unlearn_deepspeed(model: nn.Module, forget: list[dict], retain: list[dict],
                "optimizer": config.optimizer, "bf16": zero.bf16}
     log(f"[trustfast.llm] {config.method}: " + ", ".join(f"{k} {v}" for k, v in setting.items()))
     start_epoch, history, evals = 0, [], []
-    if resume and checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "latest")):
-        path, client = engine.load_checkpoint(checkpoint_dir)
+    use_safe_loads(engine)  # DeepSpeed itself would unpickle with weights_only=False
+    tag = latest_tag(checkpoint_dir) if resume and checkpoint_dir else None
+    if tag is not None:
+        path, client = engine.load_checkpoint(checkpoint_dir, tag=tag)
         if path is None:
-            raise ValueError(f"resume: no readable checkpoint in {checkpoint_dir}")
-        check_resumable(client["config"], client["epoch"], config, checkpoint_dir)
-        if client["zero"] != asdict(zero):
+            raise CheckpointError(f"resume: no readable checkpoint in {checkpoint_dir}; delete "
+                                  "it to start over")
+        where = os.path.join(checkpoint_dir, tag)
+        check_resumable(state_item(client, "config", where, dict),
+                        state_item(client, "epoch", where, int), config, checkpoint_dir)
+        if state_item(client, "zero", where, dict) != asdict(zero):
             raise ValueError(f"resume: {checkpoint_dir} holds a run with another ZeRO config")
-        start_epoch, history, evals = client["epoch"], client["history"], client["evals"]
+        start_epoch = client["epoch"]
+        history = state_item(client, "history", where, list)
+        evals = state_item(client, "evals", where, list)
     evaluated = [evals[-1]["epoch"] if evals else 0]  # the same on every rank
 
     def evaluate_now(epoch: int) -> None:

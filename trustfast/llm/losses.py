@@ -52,6 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
+from trustfast.checks import check_choice, check_number
 from trustfast.ops.sequence_nll import SequenceNLL, sequence_nll
 
 METHODS = ("ga", "graddiff", "ga_kl", "npo", "simnpo", "idkdpo", "rmu")
@@ -91,7 +92,12 @@ def canonical_method(name: str, key: str = "method") -> str:
 
 @dataclass
 class LossConfig:
-    """Constants of the unlearning losses; None takes the method's reference default."""
+    """Constants of the unlearning losses; None takes the method's reference default.
+
+    Checked when made (trustfast.checks): beta > 0, gamma and alpha >= 0, delta finite,
+    rmu_layer an int >= 0, steering_coeff > 0, the choices; a TypeError (a string for a
+    number) or ValueError naming the field. UnlearnConfig, which YAML configs build, coerces
+    and checks the same fields first."""
 
     method: str = "npo"  # one of METHODS or OpenUnlearning's name; stored as ours
     beta: float | None = None  # inverse temperature: NPO / DPO 0.1, SimNPO 4.5
@@ -120,17 +126,17 @@ class LossConfig:
             self.gamma = _GAMMA.get(self.method, 1.0)
         if self.alpha is None:
             self.alpha = _ALPHA.get(self.method, 1.0)
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        for name in ("gamma", "alpha"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.rmu_layer < 0 or not self.steering_coeff > 0:
-            raise ValueError("rmu_layer must be >= 0 and steering_coeff > 0")
+        self.beta = check_number("beta", self.beta, low=0.0, low_open=True)
+        self.gamma = check_number("gamma", self.gamma, low=0.0)
+        self.alpha = check_number("alpha", self.alpha, low=0.0)
+        self.delta = check_number("delta", self.delta)
+        self.rmu_layer = check_number("rmu_layer", self.rmu_layer, low=0, integer=True)
+        self.steering_coeff = check_number("steering_coeff", self.steering_coeff, low=0.0,
+                                           low_open=True)
+        self.seed = check_number("seed", self.seed, low=0, integer=True)
         for name, allowed in (("kl_tokens", TOKEN_AVERAGES), ("rmu_tokens", TOKEN_AVERAGES),
                               ("rmu_params", RMU_PARAMS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
 
     @property
     def needs_retain(self) -> bool:
@@ -162,7 +168,10 @@ def sequence_nlls(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tenso
     -100 where no loss), from the final hidden states, without the full logits."""
     decoder, head = _decoder_and_head(model)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return sequence_nll(hidden, head.weight, labels, bias=getattr(head, "bias", None))
+    # The model's own hidden states, every step of training: no finiteness pass over them and
+    # the head (a non-finite loss is the training loop's to handle).
+    return sequence_nll(hidden, head.weight, labels, bias=getattr(head, "bias", None),
+                        validate=False)
 
 
 def _token_mean(out: SequenceNLL) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trustfast.config import Config
+from trustfast.config import Config, ConfigError
 from trustfast.data.qa import QA, check_fields, qa_format
 from trustfast.llm.checkpointing import (
     load_unlearn_state,
@@ -29,6 +29,8 @@ from trustfast.llm.checkpointing import (
     set_checkpointing,
 )
 from trustfast.llm.losses import (
+    RMU_PARAMS,
+    TOKEN_AVERAGES,
     LossConfig,
     canonical_method,
     reference_nlls,
@@ -155,19 +157,40 @@ class UnlearnConfig(Config):
     seed: int = 0
 
     def check(self) -> None:
-        self.method = canonical_method(self.method)
+        """Ranges and choices of every field (a ConfigError naming the key): epochs,
+        batch_size, grad_accum_steps >= 1; lr > 0 and finite; weight_decay >= 0; beta > 0,
+        gamma and alpha >= 0 where given; delta finite; rmu_layer >= 0; steering_coeff > 0;
+        the method, optimizer and token / parameter choices; then the LossConfig it makes."""
+        try:
+            self.method = canonical_method(self.method)
+        except ValueError as exc:
+            raise ConfigError("method", str(exc).removeprefix("method ")) from None
         for name in ("epochs", "batch_size", "grad_accum_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            self.at_least(name, 1)
+        self.choice("optimizer", OPTIMIZERS)
         if self.optimizer_in_backward and self.grad_accum_steps > 1:
-            raise ValueError("optimizer_in_backward steps at every backward: it needs "
-                             "grad_accum_steps=1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        self.loss_config()  # validates method, beta, gamma, ...
+            raise ConfigError("optimizer_in_backward", "steps at every backward: it needs "
+                              f"grad_accum_steps=1, got grad_accum_steps={self.grad_accum_steps}")
+        self.at_least("lr", 0, strict=True)
+        self.at_least("weight_decay", 0)
+        if self.beta is not None:
+            self.at_least("beta", 0, strict=True)
+        for name in ("gamma", "alpha"):
+            if getattr(self, name) is not None:
+                self.at_least(name, 0)
+        self.require(math.isfinite(self.delta), "delta", "a finite number")
+        self.at_least("rmu_layer", 0)
+        self.at_least("steering_coeff", 0, strict=True)
+        self.at_least("seed", 0)
+        for name, allowed in (("kl_tokens", TOKEN_AVERAGES), ("rmu_tokens", TOKEN_AVERAGES),
+                              ("rmu_params", RMU_PARAMS)):
+            self.choice(name, allowed)
+        try:
+            self.loss_config()  # the method's retain_loss choices
+        except (TypeError, ValueError) as exc:
+            key, _, rest = str(exc).partition(" ")
+            raise (ConfigError(key, rest) if hasattr(self, key) else ConfigError("", str(exc))) \
+                from None
 
     def loss_config(self) -> LossConfig:
         return LossConfig(method=self.method, beta=self.beta, gamma=self.gamma,

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from trustfast.checks import check_tensor
 from trustfast.ops._dispatch import (
     Constraint,
     dtypes,
@@ -290,9 +291,33 @@ def _validate(q, k, v, scale, attn_mask, is_causal, block_size) -> None:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
 
 
+def _checkable(t: torch.Tensor) -> bool:
+    """A tensor whose values can be read here: not meta (no data), not inside a torch.func
+    transform or forward-mode AD, not being traced by torch.compile (a data-dependent check
+    would break the graph)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():  # first: nothing else is traced
+        return False
+    return t.device.type != "meta" and _plain(t)
+
+
+def _check_values(q, k, v, attn_mask) -> None:
+    """NaN/Inf in q, k or v (or NaN / +inf in an additive mask; -inf there means "masked")
+    would give NaN outputs silently: one read of each tensor, a host sync each on CUDA."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if _checkable(t):
+            check_tensor(name, t.detach(), finite=True)
+    if attn_mask is not None and attn_mask.is_floating_point() and _checkable(attn_mask):
+        bad = torch.isnan(attn_mask) | torch.isposinf(attn_mask)
+        if bool(bad.any()):
+            raise ValueError(f"attn_mask must not hold NaN or +inf (an additive mask uses 0 to "
+                             f"attend and -inf to mask), got {int(bad.sum())} such values")
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
               attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-              block_size: int | None = None, backend: str | None = None) -> torch.Tensor:
+              block_size: int | None = None, backend: str | None = None,
+              validate: bool = True) -> torch.Tensor:
     """softmax(scale q k^T + mask) v for (B, H, N, D) tensors, in O(N) memory, with backward,
     double backward and forward-mode (JVP) derivatives.
 
@@ -305,8 +330,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         backend: "triton" or "torch" (default: Triton for CUDA tensors, torch otherwise;
             TRUSTFAST_BACKEND overrides). Calls the Triton kernels do not take (a mask, float64,
             Nk = 0) run the torch path; forcing "triton" on them raises BackendUnavailableError.
+        validate: refuse NaN/Inf in q, k, v and NaN/+inf in a float attn_mask with a
+            ValueError naming the argument (default True). One read of each input, a host
+            sync on CUDA: hot loops on inputs they made themselves (a diffusion UNet's
+            attention processor) pass False. Skipped, whatever `validate`, for meta tensors,
+            under torch.compile and inside torch.func transforms / forward-mode AD, where
+            values cannot be read; the backward and JVP never check.
     """
     _validate(q, k, v, scale, attn_mask, is_causal, block_size)
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be a bool, got {validate!r}")
+    if validate:
+        _check_values(q, k, v, attn_mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = resolve_backend("attention", backend, device=q.device, dtype=q.dtype,
                              has_mask=attn_mask is not None, head_dim=q.shape[-1],

@@ -22,6 +22,7 @@ import math
 import torch
 
 from trustfast._ext import cpp_extension
+from trustfast.checks import IMAGE_HINT, check_choice, check_tensor
 from trustfast.ops._dispatch import check_contiguous, dtypes, register_op, resolve_backend
 
 NORMS = ("linf", "l2")
@@ -41,6 +42,9 @@ def _per_sample(name: str, value, n: int, like: torch.Tensor,
     """A (n,) float tensor on like's device (float64 for float64 inputs, else float32)."""
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number or a real tensor, got "
+                            f"{value.dtype}")
         if value.dim() == 0:
             value = value.reshape(1).expand(n)
         if value.shape != (n,):
@@ -56,19 +60,33 @@ def _per_sample(name: str, value, n: int, like: torch.Tensor,
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
         return torch.full((n,), float(value), dtype=dtype, device=like.device)
     # one host sync for a tensor budget (none with check=False, for validated inner loops)
-    if check and not bool((torch.isfinite(out) & (out >= 0)).all()):
+    if check and out.device.type != "meta" and not bool((torch.isfinite(out) & (out >= 0)).all()):
         raise ValueError(f"{name} must be finite and >= 0")
     return out
 
 
+def _check_values(x_adv, x_clean, grad, loss) -> None:
+    """The value checks `validate=False` skips: one read of each tensor (a host sync each on
+    CUDA). Images outside [0, 1] would be clamped into the box silently; a NaN/Inf gradient
+    gives NaN under L2 (inf / inf) and a meaningless sign step under L-inf."""
+    for name, t in (("x_adv", x_adv), ("x_clean", x_clean), ("grad", grad), ("loss", loss)):
+        if t is not None and t.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor: pgd_step needs tensors with data "
+                             "(cpu or cuda)")
+    check_tensor("x_clean", x_clean, low=0.0, high=1.0, hint=IMAGE_HINT)
+    check_tensor("x_adv", x_adv, low=0.0, high=1.0, hint=IMAGE_HINT)
+    check_tensor("grad", grad, finite=True)
+    if loss is not None and loss.is_floating_point():
+        # NaN never beats best_loss (NaN > x is False) but +inf would win every later step
+        check_tensor("loss", loss, finite=True)
+
+
 def _check(x_adv, x_clean, grad, loss, best_loss, best_adv):
     for name, t in (("x_adv", x_adv), ("x_clean", x_clean), ("grad", grad)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        check_tensor(name, t)
     if x_adv.dim() < 1 or x_adv.shape[0] == 0:
         raise ValueError(f"x_adv must have a non-empty batch dim, got shape {tuple(x_adv.shape)}")
-    if x_adv.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x_adv must be floating point, got {x_adv.dtype}")
+    check_tensor("x_adv", x_adv, dtypes=FLOAT_DTYPES, hint=IMAGE_HINT)
     for name, t in (("x_clean", x_clean), ("grad", grad)):
         if t.shape != x_adv.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, x_adv has {tuple(x_adv.shape)}")
@@ -81,11 +99,15 @@ def _check(x_adv, x_clean, grad, loss, best_loss, best_adv):
     if all(tracking):
         n = x_adv.shape[0]
         for name, t in (("loss", loss), ("best_loss", best_loss)):
-            if not isinstance(t, torch.Tensor) or t.shape != (n,):
+            check_tensor(name, t, dtypes=FLOAT_DTYPES)
+            if t.shape != (n,):
                 raise ValueError(f"{name} must be a tensor of shape ({n},), got "
                                  f"{getattr(t, 'shape', type(t).__name__)}")
             if t.device != x_adv.device:
                 raise ValueError(f"{name} is on {t.device}, x_adv on {x_adv.device}")
+        check_tensor("best_adv", best_adv)
+        if best_adv.device != x_adv.device:
+            raise ValueError(f"best_adv is on {best_adv.device}, x_adv on {x_adv.device}")
         if best_adv.shape != x_adv.shape or best_adv.dtype != x_adv.dtype:
             raise ValueError(f"best_adv must match x_adv ({tuple(x_adv.shape)}, {x_adv.dtype})")
         if best_loss.dtype != loss.dtype:
@@ -155,11 +177,16 @@ def pgd_step(
         loss, best_loss, best_adv: optional best-iterate tracking (all three or none); loss is
             the per-sample objective at x_adv.
         backend: "torch", "triton", "cpp" or None (automatic; TRUSTFAST_BACKEND overrides).
-        validate: check eps / alpha values (a host sync per tensor budget on CUDA). `PGD`
-            validates its budgets once and passes False inside its step loop.
+        validate: check the values (default True): x_adv and x_clean in [0, 1], grad and
+            loss finite (NaN/Inf), eps / alpha finite and >= 0; a ValueError names the
+            argument. One read of each tensor (a host sync per check on CUDA). `PGD` validates
+            its inputs once and passes False inside its step loop; with False, values outside
+            [0, 1] are clamped into the box and a non-finite grad gives NaN (L2) unchecked.
+            Types, shapes, dtypes and devices are always checked.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_choice("norm", norm, NORMS)
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be a bool, got {validate!r}")
     tracking = _check(x_adv, x_clean, grad, loss, best_loss, best_adv)
     n = x_adv.shape[0]
     eps_t = _per_sample("eps", eps, n, x_adv, validate)
@@ -170,6 +197,8 @@ def pgd_step(
         if tracking:
             tensors["best_adv"] = best_adv
         check_contiguous(chosen, tensors)
+    if validate:  # after dispatch, so a forced backend's own refusal comes first
+        _check_values(x_adv, x_clean, grad, loss if tracking else None)
     improved = None
     if tracking:
         improved = loss.detach() > best_loss

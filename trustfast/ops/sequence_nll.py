@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as fn
 
+from trustfast.checks import FLOATING, check_tensor
 from trustfast.ops._dispatch import dtypes, register_op, resolve_backend, without
 
 # What the Triton kernels take; every other call runs the torch path (auto) or raises (forced).
@@ -140,29 +141,54 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _validate(hidden, weight, labels, bias, chunk):
-    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
-        raise TypeError("hidden must be a float tensor (batch, tokens, hidden_size), got "
-                        f"{getattr(hidden, 'shape', type(hidden).__name__)}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise TypeError("weight (lm_head_weight) must be a (vocab, hidden_size) tensor, got "
-                        f"{getattr(weight, 'shape', type(weight).__name__)}")
+    check_tensor("hidden", hidden, dtypes=FLOATING, ndim=3,
+                 hint="final hidden states (batch, tokens, hidden_size)")
+    check_tensor("lm_head_weight", weight, dtypes=FLOATING, ndim=2, hint="(vocab, hidden_size)")
     if weight.shape[1] != hidden.shape[2]:
-        raise ValueError(f"weight has hidden size {weight.shape[1]}, hidden {hidden.shape[2]}")
+        raise ValueError(f"lm_head_weight has hidden size {weight.shape[1]}, hidden "
+                         f"{hidden.shape[2]}")
     if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight is {weight.dtype}, hidden {hidden.dtype}: they must match")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
-        raise TypeError("labels must be an int64 tensor (batch, tokens), got "
-                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+        raise TypeError(f"lm_head_weight is {weight.dtype}, hidden {hidden.dtype}: they must "
+                        "match")
+    check_tensor("labels", labels, dtypes=(torch.int64,), hint="token ids (batch, tokens)")
     if labels.shape != hidden.shape[:2]:
         raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])} (batch, tokens), "
                          f"got {tuple(labels.shape)}")
     if len({hidden.device, weight.device, labels.device}) != 1:
-        raise ValueError("hidden, weight and labels must be on one device")
-    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype):
-        raise ValueError(f"bias must be ({weight.shape[0]},) of {weight.dtype}, got "
-                         f"{tuple(bias.shape)} {bias.dtype}")
-    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"hidden, lm_head_weight and labels must be on one device, got "
+                         f"{hidden.device}, {weight.device}, {labels.device}")
+    if hidden.device.type == "meta":
+        raise ValueError("hidden is a meta tensor: sequence_nll needs tensors with data "
+                         "(cpu or cuda)")
+    if bias is not None:
+        check_tensor("bias", bias)
+        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
+            raise ValueError(f"bias must be ({weight.shape[0]},) of {weight.dtype}, got "
+                             f"{tuple(bias.shape)} {bias.dtype}")
+        if bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device}, lm_head_weight on {weight.device}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int):
+        raise TypeError(f"chunk must be an int >= 1, got {chunk!r} ({type(chunk).__name__})")
+    if chunk < 1:
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+
+
+def _checkable(t: torch.Tensor) -> bool:
+    """Values can be read: not traced by torch.compile, not a torch.func wrapper."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():  # first: nothing else is traced
+        return False
+    from torch._C._functorch import is_functorch_wrapped_tensor
+
+    return not is_functorch_wrapped_tensor(t)
+
+
+def _check_values(hidden, weight, bias) -> None:
+    """NaN/Inf in the hidden states or the head would make every loss NaN silently: one read
+    of each (the head's V x H read is small next to the B T V H matmul it feeds)."""
+    for name, t in (("hidden", hidden), ("lm_head_weight", weight), ("bias", bias)):
+        if t is not None and _checkable(t):
+            check_tensor(name, t.detach(), finite=True)
 
 
 def _check_labels(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
@@ -177,7 +203,7 @@ def _check_labels(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
 def sequence_nll(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, *,
                  bias: torch.Tensor | None = None, chunk: int = CHUNK,
                  ignore_index: int = IGNORE_INDEX, shift: bool = True,
-                 backend: str | None = None) -> SequenceNLL:
+                 backend: str | None = None, validate: bool = True) -> SequenceNLL:
     """Per-sequence NLL of a causal LM from its final hidden states, never materializing the
     (batch x tokens x vocab) logits.
 
@@ -191,11 +217,22 @@ def sequence_nll(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: tor
         backend: "torch", "triton" or None (automatic: Triton for CUDA tensors, torch otherwise;
             TRUSTFAST_BACKEND overrides). A call with a bias or float64 runs the torch path;
             forcing "triton" on it raises BackendUnavailableError.
+        validate: refuse NaN/Inf in hidden, lm_head_weight and bias with a ValueError naming
+            the argument (default True; one read of each, a host sync on CUDA). Skipped for
+            meta tensors, under torch.compile and inside torch.func transforms. Label ids are
+            always checked.
 
     Returns `SequenceNLL(sum, mean, tokens)`, each (B,); sum and mean are differentiable.
     `mean.mean()` over sequences with equal token counts equals HF's `model(...).loss`.
     """
     _validate(hidden, lm_head_weight, labels, bias, chunk)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    for name, flag in (("shift", shift), ("validate", validate)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if validate:
+        _check_values(hidden, lm_head_weight, bias)
     h, y = _shift(hidden, labels, shift)
     _check_labels(y, lm_head_weight.shape[0], ignore_index)
     chosen = resolve_backend("sequence_nll", backend, device=hidden.device, dtype=hidden.dtype,

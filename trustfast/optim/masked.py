@@ -5,16 +5,23 @@ for step, and their state uses the same keys ("momentum_buffer"; "step", "exp_av
 "exp_avg_sq"), plus "mask" for masked parameters. With a mask (True = trainable), pruned weights
 and their optimizer state are exactly zero after `set_masks` and after every step.
 
-Non-finite gradients: before each group's update the gradients are checked. With
-``nonfinite="skip"`` (default) a group with any NaN/Inf gradient is not updated, its
-``group["nonfinite_skips"]`` counter grows, and a `TrustfastWarning` is issued once per
-optimizer; ``nonfinite="raise"`` raises `FloatingPointError` instead. Nothing non-finite is ever
-written into the weights.
+Non-finite gradients and updates: before each group's update a dry run (in the fused kernel of
+the backend that will run the step, see `trustfast.ops.masked_update`) computes what the step
+would store. A group with any NaN/Inf gradient (pruned positions included), or whose update
+would be non-finite (an overflow: lr = 10 with a gradient of 1e38 gives -inf), is not updated:
+weights, momentum buffers, Adam moments and the step count stay as they were. With
+``nonfinite="skip"`` (default) its ``group["nonfinite_skips"]`` counter grows and a
+`TrustfastWarning` is issued once per optimizer; ``nonfinite="raise"`` raises
+`FloatingPointError` instead. Nothing non-finite is ever written into the weights.
+
+Bad input is refused when the optimizer (or a param group) is made: every hyperparameter is
+checked by name (TypeError for a non-number such as ``lr="0.1"``, ValueError for a value out of
+range), and parameters must be float16/bfloat16/float32/float64 tensors (complex or integer
+parameters are a TypeError naming the parameter, before any kernel runs).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,21 +29,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from trustfast._ext import cpp_extension
-from trustfast.ops import masked_adamw_step, masked_sgd_step
+from trustfast.checks import check_choice, check_number, check_tensor, shown
+from trustfast.ops.masked_update import (
+    FLOAT_DTYPES,
+    L1_MODES,
+    PreparedStep,
+    prepare_masked_adamw_step,
+    prepare_masked_sgd_step,
+)
 
 NONFINITE_POLICIES = ("skip", "raise")
-
-
-def _all_finite(grads: list[torch.Tensor]) -> bool:
-    """One fused read of every gradient: the C++ check on the CPU (ResNet-18's 11.2 M
-    gradients: torch._foreach_norm(inf) took 44 ms, more than the 17 ms update it guards),
-    torch._foreach_norm elsewhere (a fused multi-tensor kernel on CUDA)."""
-    ext = cpp_extension()
-    if ext is not None and all(g.device.type == "cpu" and g.is_contiguous() for g in grads):
-        return bool(ext.all_finite(grads))
-    norms = torch._foreach_norm(grads, math.inf)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+BACKEND_CHOICES = (None, "torch", "triton", "cpp")
+_PARAM_HINT = "a floating tensor: complex and integer parameters are not supported"
 
 
 def _warning_class():
@@ -49,15 +53,43 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     """Shared mask handling, non-finite policy and state_dict round trip."""
 
     def __init__(self, params, defaults: dict[str, Any], masks, module: nn.Module | None):
-        if defaults["nonfinite"] not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"nonfinite must be one of {NONFINITE_POLICIES}, got {defaults['nonfinite']!r}"
-            )
+        self._check_group(defaults, "")
         defaults["nonfinite_skips"] = 0
         super().__init__(params, defaults)
         self._warned_nonfinite = False
         if masks is not None:
             self.set_masks(masks, module=module)
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_group(self, group: dict, where: str) -> None:
+        """Every hyperparameter of a param group (or of the defaults), checked by name."""
+        for key in ("lr", "weight_decay", "l1"):  # stored as Python numbers, as the ops take
+            group[key] = check_number(f"{where}{key}", group[key], low=0.0)
+        check_choice(f"{where}l1_mode", group["l1_mode"], L1_MODES)
+        check_choice(f"{where}nonfinite", group["nonfinite"], NONFINITE_POLICIES)
+        check_choice(f"{where}backend", group["backend"], BACKEND_CHOICES)
+        self._check_hyper(group, where)
+
+    def _check_hyper(self, group: dict, where: str) -> None:
+        raise NotImplementedError  # each optimizer's own hyperparameters
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As `torch.optim.Optimizer.add_param_group`, refusing bad hyperparameters and
+        non-floating parameters (complex, integer) with an error that names them."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        g = len(self.param_groups) - 1
+        try:
+            self._check_group(group, f"param_groups[{g}] " if g else "")
+            for i, p in enumerate(group["params"]):
+                name = f"param_groups[{g}]['params'][{i}]" if g else f"params[{i}]"
+                check_tensor(name, p, dtypes=FLOAT_DTYPES, hint=_PARAM_HINT)
+                if p.layout != torch.strided:
+                    raise TypeError(f"{name} must be a dense tensor, got layout {p.layout}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     # ------------------------------------------------------------------ masks
 
@@ -149,20 +181,20 @@ class _MaskedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step helpers
 
-    def _grads_finite(self, group: dict, grads: list[torch.Tensor]) -> bool:
-        if not grads:
-            return True
-        if _all_finite(grads):
+    def _all_finite(self, group: dict, steps: list[PreparedStep]) -> bool:
+        """The dry run of every bucket of the group; the non-finite policy when one fails."""
+        if all(s.finite() for s in steps):
             return True
         if group["nonfinite"] == "raise":
-            raise FloatingPointError("non-finite gradient (NaN or Inf); no parameter was updated")
+            raise FloatingPointError("non-finite gradient or update (NaN or Inf); no parameter "
+                                     "was updated")
         group["nonfinite_skips"] += 1
         if not self._warned_nonfinite:
             warnings.warn(
-                "non-finite gradient: skipped this param group's step (counted in "
+                "non-finite gradient or update: skipped this param group's step (counted in "
                 "param_groups[i]['nonfinite_skips']; warned once)",
                 _warning_class(),
-                stacklevel=3,
+                stacklevel=4,
             )
             self._warned_nonfinite = True
         return False
@@ -173,8 +205,9 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Masked optimizers do not support sparse gradients")
+            if p.grad.layout != torch.strided:
+                raise TypeError(f"masked optimizers need dense gradients, got a {p.grad.layout} "
+                                f"gradient for a parameter of shape {tuple(p.shape)}")
             params.append(p)
             grads.append(p.grad if p.grad.is_contiguous() else p.grad.contiguous())
         return params, grads
@@ -192,19 +225,13 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params, grads = self._gather(group)
-            if self._grads_finite(group, grads):
+            if params:
                 self._update_group(group, params, grads)
         return loss
 
     def _update_group(self, group: dict, params: list[torch.Tensor],
                       grads: list[torch.Tensor]) -> None:
-        raise NotImplementedError  # each optimizer's fused update
-
-    @staticmethod
-    def _check_common(lr: float, weight_decay: float, l1: float) -> None:
-        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        raise NotImplementedError  # each optimizer's fused update: prepare, dry-run, apply
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -249,29 +276,37 @@ class MaskedSGD(_MaskedOptimizer):
         nonfinite: str = "skip",
         backend: str | None = None,
     ):
-        self._check_common(lr, weight_decay, l1)
-        if momentum < 0:
-            raise ValueError(f"momentum must be >= 0, got {momentum}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, l1=l1, l1_mode=l1_mode, nonfinite=nonfinite,
                         backend=backend)
         super().__init__(params, defaults, masks, module)
 
+    def _check_hyper(self, group, where):
+        momentum = group["momentum"] = check_number(f"{where}momentum", group["momentum"],
+                                                    low=0.0)
+        dampening = group["dampening"] = check_number(f"{where}dampening", group["dampening"],
+                                                      low=0.0, high=1.0)
+        if not isinstance(group["nesterov"], bool):
+            raise TypeError(f"{where}nesterov must be a bool, got {shown(group['nesterov'])}")
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
+
     def _update_group(self, group, params, grads):
         momentum = group["momentum"]
         buckets: dict[tuple, list[int]] = {}
+        fresh_bufs = []
         for i, p in enumerate(params):
             state = self.state[p]
             fresh = momentum != 0 and state.get("momentum_buffer") is None
             if fresh:
                 state["momentum_buffer"] = torch.zeros_like(p)
+                fresh_bufs.append(p)
             key = (p.device, p.dtype, fresh, self._backend_for(group, p))
             buckets.setdefault(key, []).append(i)
+        steps = []
         for (_, _, fresh, backend), idx in buckets.items():
             ps = [params[i] for i in idx]
-            masked_sgd_step(
+            steps.append(prepare_masked_sgd_step(
                 ps,
                 [grads[i] for i in idx],
                 [self.state[p]["momentum_buffer"] for p in ps] if momentum != 0 else None,
@@ -286,7 +321,14 @@ class MaskedSGD(_MaskedOptimizer):
                 l1=group["l1"],
                 l1_mode=group["l1_mode"],
                 backend=backend,
-            )
+                check_grads=True,
+            ))
+        if self._all_finite(group, steps):
+            for s in steps:
+                s.apply()
+        else:  # a skipped first step leaves no buffer behind, as if it never happened
+            for p in fresh_bufs:
+                del self.state[p]["momentum_buffer"]
 
 
 class MaskedAdamW(_MaskedOptimizer):
@@ -317,14 +359,22 @@ class MaskedAdamW(_MaskedOptimizer):
         nonfinite: str = "skip",
         backend: str | None = None,
     ):
-        self._check_common(lr, weight_decay, l1)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1,
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1,
                         l1_mode=l1_mode, nonfinite=nonfinite, backend=backend)
         super().__init__(params, defaults, masks, module)
+
+    def _check_hyper(self, group, where):
+        betas = group["betas"]
+        if isinstance(betas, torch.Tensor) or not isinstance(betas, Sequence) \
+                or isinstance(betas, str):
+            raise TypeError(f"{where}betas must be a pair of numbers (beta1, beta2), got "
+                            f"{shown(betas)}")
+        if len(betas) != 2:
+            raise ValueError(f"{where}betas must be a pair of numbers (beta1, beta2), got "
+                             f"{len(betas)} values: {betas!r}")
+        group["betas"] = tuple(check_number(f"{where}betas[{i}]", b, low=0.0, high=1.0,
+                                            high_open=True) for i, b in enumerate(betas))
+        group["eps"] = check_number(f"{where}eps", group["eps"], low=0.0)
 
     def _update_group(self, group, params, grads):
         buckets: dict[tuple, list[int]] = {}
@@ -334,13 +384,14 @@ class MaskedAdamW(_MaskedOptimizer):
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            key = (p.device, p.dtype, int(state["step"].item()), self._backend_for(group, p))
+            step = int(state["step"].item()) + 1  # counted only once the step is applied
+            key = (p.device, p.dtype, step, self._backend_for(group, p))
             buckets.setdefault(key, []).append(i)
         beta1, beta2 = group["betas"]
+        steps = []
         for (_, _, step, backend), idx in buckets.items():
             ps = [params[i] for i in idx]
-            masked_adamw_step(
+            steps.append(prepare_masked_adamw_step(
                 ps,
                 [grads[i] for i in idx],
                 [self.state[p]["exp_avg"] for p in ps],
@@ -355,4 +406,10 @@ class MaskedAdamW(_MaskedOptimizer):
                 l1=group["l1"],
                 l1_mode=group["l1_mode"],
                 backend=backend,
-            )
+                check_grads=True,
+            ))
+        if self._all_finite(group, steps):
+            for s in steps:
+                s.apply()
+            for p in params:
+                self.state[p]["step"] += 1

@@ -9,6 +9,7 @@ exactly zero ("prune first, then unlearn").
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -19,11 +20,14 @@ from torch.nn import functional as fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from trustfast._meta import TrustfastWarning
+from trustfast.checks import check_choice, check_number, shown
 from trustfast.config import Config
 from trustfast.models.fit import SGDConfig
 from trustfast.optim import MaskedSGD
+from trustfast.sparsity import check_masks, check_module
 from trustfast.unlearn.pruning import Masks, apply_masks
-from trustfast.unlearn.splits import Splits
+from trustfast.unlearn.splits import Splits, check_dataset, check_splits
 
 METHODS = ("retrain", "ft", "ga", "rl", "ff", "iu", "l1_sparse", "salun")
 
@@ -167,11 +171,25 @@ def _epochs(n: int, desc: str):
 
 
 def _pass(model, loader, opt, loss_fn: Callable) -> None:
+    """One epoch of SGD steps. A batch whose loss is NaN/Inf (NaN inputs, a diverged model) is
+    skipped with a TrustfastWarning, and the floating buffers (batch-norm running statistics)
+    its forward pass changed are put back, so nothing non-finite reaches the model; NaN/Inf
+    gradients and updates are MaskedSGD's to skip."""
     model.train()
     device = _device(model)
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
     for x, y in loader:
+        saved = [b.clone() for b in buffers]
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x.to(device)), y.to(device))
+        if not bool(torch.isfinite(loss)):
+            with torch.no_grad():
+                for b, old in zip(buffers, saved):
+                    b.copy_(old)
+            warnings.warn("unlearn: a batch gave a NaN/Inf loss (NaN/Inf in the data, or the "
+                          "model diverged); its step was skipped", TrustfastWarning,
+                          stacklevel=3)
+            continue
         loss.backward()
         opt.step()
 
@@ -266,6 +284,16 @@ def _mean_grad(model, data, batch_size) -> torch.Tensor:
     return flat / len(data)
 
 
+def _finite_update(method: str, delta: torch.Tensor) -> torch.Tensor:
+    """`delta` if every entry is finite, else a ValueError before anything is written."""
+    if not bool(torch.isfinite(delta).all()):
+        raise ValueError(f"{method}: the weight update has {int((~torch.isfinite(delta)).sum())} "
+                         f"NaN/Inf entries (a degenerate Fisher / Hessian, NaN/Inf in the data, "
+                         f"or an overflow: raise config.damping, lower config.alpha); the model "
+                         f"was not changed")
+    return delta
+
+
 @torch.no_grad()
 def _add_flat(model, delta: torch.Tensor, mask: Masks | None) -> None:
     start = 0
@@ -286,10 +314,26 @@ def _ff(model, splits, mask, cfg: FFConfig):
         fisher = s if fisher is None else fisher + s
         n += g.shape[0]
     fisher = fisher / n
+    if not bool(torch.isfinite(fisher).all()):
+        # NaN per-sample gradients (NaN retain inputs, or a model whose outputs are NaN): the
+        # noise scale alpha / F would be NaN in those weights
+        raise ValueError(f"FF: the Fisher diagonal of the retain set has "
+                         f"{int((~torch.isfinite(fisher)).sum())} NaN/Inf entries (NaN/Inf in "
+                         f"splits.retain or in the model's outputs); the model was not changed")
+    # F ~ 0 (a degenerate Fisher: dead units, saturated softmax) gives alpha / 1e-8, which the
+    # max_variance cap bounds, so the noise is always finite
     variance = (cfg.alpha / (fisher + 1e-8)).clamp(max=cfg.max_variance)
     gen = torch.Generator(device=fisher.device).manual_seed(cfg.seed)
     noise = torch.randn(fisher.shape, generator=gen, device=fisher.device, dtype=fisher.dtype)
-    _add_flat(model, variance.sqrt() * noise, mask)
+    _add_flat(model, _finite_update("FF", variance.sqrt() * noise), mask)
+
+
+def _check_inverse_args(grads, v, damping) -> float:
+    from trustfast.checks import FLOATING, check_tensor
+
+    grads = check_tensor("grads", grads, dtypes=FLOATING, ndim=2, nonempty=True)
+    check_tensor("v", v, dtypes=(grads.dtype,), shape=(grads.shape[1],), device=grads.device)
+    return float(check_number("damping", damping, low=0.0, low_open=True))
 
 
 def woodfisher_inverse_product(grads: torch.Tensor, v: torch.Tensor,
@@ -297,8 +341,7 @@ def woodfisher_inverse_product(grads: torch.Tensor, v: torch.Tensor,
     """F^-1 v for F = damping I + G^T G / n (G: n x d per-sample gradients), by n exact
     Sherman-Morrison rank-1 updates (Singh & Alistarh, NeurIPS 2020). O(n^2 d) time, O(n d)
     memory; never forms a d x d matrix."""
-    if damping <= 0:
-        raise ValueError(f"damping must be > 0, got {damping}")
+    damping = _check_inverse_args(grads, v, damping)
     n, d = grads.shape
     # rows u_j = F_(j-1)^-1 g_j / sqrt(n + g_j . F_(j-1)^-1 g_j), so that
     # F_j^-1 = F_(j-1)^-1 - u_j u_j^T; each update is two matrix-vector products with the rows
@@ -316,8 +359,7 @@ def woodbury_inverse_product(grads: torch.Tensor, v: torch.Tensor,
     """F^-1 v for F = damping I + G^T G / n by the Woodbury identity:
     v / damping - G^T (n damping I + G G^T)^-1 G v / damping. Equal to
     `woodfisher_inverse_product` up to rounding; one n x n solve instead of n rank-1 updates."""
-    if damping <= 0:
-        raise ValueError(f"damping must be > 0, got {damping}")
+    damping = _check_inverse_args(grads, v, damping)
     n = grads.shape[0]
     small = n * damping * torch.eye(n, dtype=grads.dtype, device=grads.device) + grads @ grads.T
     return v / damping - grads.T @ torch.linalg.solve(small, grads @ v) / damping
@@ -328,13 +370,11 @@ def _iu(model, splits, mask, cfg: IUConfig):
     retain_grad = _mean_grad(model, splits.retain, cfg.batch_size)
     grads = torch.cat(list(_per_sample_grads(model, splits.retain, cfg.batch_size, cfg.samples,
                                              cfg.seed)))
-    if cfg.inverse not in ("woodfisher", "woodbury"):
-        raise ValueError(f"IUConfig.inverse must be 'woodfisher' or 'woodbury', got "
-                         f"{cfg.inverse!r}")
+    check_choice("config.inverse", cfg.inverse, ("woodfisher", "woodbury"))
     inverse = woodfisher_inverse_product if cfg.inverse == "woodfisher" else (
         woodbury_inverse_product)
     delta = inverse(grads, retain_grad, cfg.damping)
-    _add_flat(model, -cfg.alpha * delta, mask)
+    _add_flat(model, _finite_update("IU", -cfg.alpha * delta), mask)
 
 
 def _l1_sparse(model, splits, mask, cfg: L1SparseConfig):
@@ -344,16 +384,27 @@ def _l1_sparse(model, splits, mask, cfg: L1SparseConfig):
 
 def saliency_mask(model: nn.Module, forget: Dataset, fraction: float,
                   batch_size: int = 64) -> Masks:
-    """SalUn's weight saliency: keep the `fraction` of weights with the largest |grad| of the
-    forget loss (global threshold over all parameters)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"saliency fraction must be in (0, 1], got {fraction}")
+    """SalUn's weight saliency: keep the `fraction` (in (0, 1]) of weights with the largest
+    |grad| of the forget loss (global threshold over all parameters); a NaN/Inf gradient is a
+    ValueError."""
+    check_module("model", model)
+    check_dataset("forget", forget)
+    fraction = float(check_number("fraction", fraction, low=0.0, high=1.0, low_open=True))
+    batch_size = check_number("batch_size", batch_size, low=1, integer=True)
+    if len(forget) == 0:
+        raise ValueError("forget must not be empty")
     model.zero_grad(set_to_none=True)
     device = _device(model)
     for x, y in DataLoader(forget, batch_size=batch_size):
         fn.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
     scores = {k: p.grad.abs() for k, p in model.named_parameters() if p.grad is not None}
+    if not scores:
+        raise ValueError("model has no parameter with a gradient of the forget loss")
     flat = torch.cat([s.flatten() for s in scores.values()])
+    if not bool(torch.isfinite(flat).all()):
+        model.zero_grad(set_to_none=True)
+        raise ValueError("saliency: the forget-loss gradient has NaN/Inf entries (NaN/Inf in "
+                         "forget or in the model's outputs); no saliency can be ranked")
     k = max(1, int(round(fraction * flat.numel())))
     threshold = torch.topk(flat, k).values.min()
     model.zero_grad(set_to_none=True)
@@ -376,20 +427,59 @@ def unlearn(model: nn.Module, splits: Splits, method: str, mask: Masks | None = 
             config=None) -> UnlearnResult:
     """Unlearn `splits.forget` from `model` in place with `method` (one of METHODS).
 
-    `mask` (bool per parameter name, True = kept) keeps pruned weights at exactly zero;
-    `config` is the method's dataclass (see CONFIGS; default: its defaults). Returns the
-    wall-clock seconds (RTE) and the config used.
+    `mask` (bool per parameter name, True = kept, or 0/1 floats; exactly each parameter's
+    shape) keeps pruned weights at exactly zero; `config` is the method's dataclass (see
+    CONFIGS; default: its defaults), checked again here so a field changed in place after
+    creation is refused too. Returns the wall-clock seconds (RTE) and the config used.
+
+    What is refused (TypeError / ValueError naming the argument, before the model is touched):
+    a model that is not an nn.Module or holds NaN/Inf weights, splits that are not `Splits` of
+    map-style datasets or have an empty forget / retain set, an unknown method, a config of
+    another method or with a value out of range, a mask of the wrong name, shape, dtype or
+    values. Nothing non-finite is written into the model: a training step with a NaN/Inf
+    loss is skipped with a TrustfastWarning (the batch-norm statistics it touched are put
+    back), one with a NaN/Inf gradient or update too (MaskedSGD's policy); FF / IU refuse a NaN/Inf
+    update (a degenerate Fisher / Hessian) with a ValueError and leave the model unchanged;
+    and if a method still ends with NaN/Inf weights or buffers, the state it started from is
+    restored and a ValueError is raised; so is it when a method raises mid-way. That restore
+    keeps one copy of the model's state during the call.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_module("model", model)
+    check_splits(splits)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be one of {METHODS}, got {shown(method)}")
+    check_choice("method", method, METHODS)
     cfg = config if config is not None else CONFIGS[method]()
     if not isinstance(cfg, CONFIGS[method]):
         raise TypeError(f"config for {method!r} must be {CONFIGS[method].__name__}, got "
                         f"{type(cfg).__name__}")
+    cfg.validate()
     if len(splits.forget) == 0 or len(splits.retain) == 0:
-        raise ValueError("splits.forget and splits.retain must be non-empty")
+        raise ValueError(f"splits.forget and splits.retain must be non-empty, got "
+                         f"{len(splits.forget)} and {len(splits.retain)} samples")
+    if mask is not None:
+        mask = check_masks("mask", mask, dict(model.named_parameters()))
+    _check_finite_state(model, "model")
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start = time.perf_counter()
-    _RUNNERS[method](model, splits, mask, cfg)
+    try:
+        _RUNNERS[method](model, splits, mask, cfg)
+    except BaseException:
+        model.load_state_dict(saved)  # an error mid-way leaves the model as it came
+        raise
     if mask is not None:
         apply_masks(model, mask)
+    try:
+        _check_finite_state(model, f"unlearn({method!r})'s result")
+    except ValueError as err:
+        model.load_state_dict(saved)
+        raise ValueError(f"{err}: the run diverged (lower config.lr / config.alpha); the model "
+                         f"was restored to its weights before the call") from None
     return UnlearnResult(method, time.perf_counter() - start, asdict(cfg))
+
+
+def _check_finite_state(model: nn.Module, what: str) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} has NaN/Inf values in {name} "
+                             f"({int((~torch.isfinite(t)).sum())} of {t.numel()})")

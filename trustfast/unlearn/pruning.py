@@ -7,13 +7,23 @@ unlearn" (Jia et al., NeurIPS 2023): OMP, IMP (Frankle & Carbin, ICLR 2019) and 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trustfast.sparsity import Masks, mask_sparsity, masks_from_scores, prunable_weights
+from trustfast.checks import check_number, shown
+from trustfast.sparsity import (
+    Masks,
+    check_masks,
+    check_module,
+    check_sparsity,
+    mask_sparsity,
+    masks_from_scores,
+    prunable_weights,
+)
 
 # the unlearning API's name for global magnitude pruning (one implementation, in sparsity.py)
 from trustfast.sparsity import global_magnitude_masks as magnitude_masks
@@ -22,24 +32,30 @@ from trustfast.sparsity import global_magnitude_masks as magnitude_masks
 Retrain = Callable[[nn.Module, Masks], None]
 
 
-def _check_sparsity(sparsity: float) -> None:
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+def _check_retrain(retrain) -> None:
+    if not callable(retrain):
+        raise TypeError(f"retrain must be a callable retrain(model, masks), got {shown(retrain)}")
+
+
+def _check_rewind(rewind_state) -> None:
+    if rewind_state is not None and not isinstance(rewind_state, Mapping):
+        raise TypeError(f"rewind_state must be a state dict (a mapping of name -> tensor) or "
+                        f"None, got {shown(rewind_state)}")
 
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero the pruned entries of `model`'s parameters in place."""
+    """Zero the pruned entries of `model`'s parameters in place.
+
+    Each mask is bool (True = kept) or a floating tensor of exactly 0 and 1, with its
+    parameter's exact shape and device (`trustfast.sparsity.check_masks`: nothing is cast or
+    broadcast, a 0.5 is refused); every mask is checked before any weight is touched."""
+    check_module("model", model)
     params = dict(model.named_parameters())
-    unknown = sorted(set(masks) - set(params))
-    if unknown:
-        raise ValueError(f"masks name parameters the model does not have: {unknown}")
+    masks = check_masks("masks", masks, params)
     for name, m in masks.items():
-        if m.shape != params[name].shape:
-            raise ValueError(f"mask {name} has shape {tuple(m.shape)}, parameter "
-                             f"{tuple(params[name].shape)}")
         # masked_fill, not a multiply: 0 * inf or 0 * NaN would leave NaN in a pruned weight
-        params[name].masked_fill_(~m.to(torch.bool), 0)
+        params[name].masked_fill_(~m, 0)
 
 
 def omp(model: nn.Module, sparsity: float, retrain: Retrain,
@@ -47,6 +63,10 @@ def omp(model: nn.Module, sparsity: float, retrain: Retrain,
     """One-shot magnitude pruning: global magnitude masks from the trained `model`, weights
     rewound to `rewind_state` (an early checkpoint; None keeps the trained weights), then
     `retrain(model, masks)`. Returns the masks; `model` ends pruned and retrained."""
+    check_module("model", model)
+    sparsity = check_sparsity(sparsity)
+    _check_retrain(retrain)
+    _check_rewind(rewind_state)
     masks = magnitude_masks(model, sparsity)
     if rewind_state is not None:
         model.load_state_dict(rewind_state)
@@ -60,9 +80,11 @@ def imp(model: nn.Module, sparsity: float, retrain: Retrain,
     """Iterative magnitude pruning: rounds that each prune `rate` (20 %) of the remaining weights,
     rewind to `rewind_state`, and retrain under the mask, until `sparsity` (the last round
     prunes exactly to it)."""
-    _check_sparsity(sparsity)
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    check_module("model", model)
+    sparsity = check_sparsity(sparsity)
+    _check_retrain(retrain)
+    _check_rewind(rewind_state)
+    rate = float(check_number("rate", rate, low=0.0, high=1.0, low_open=True, high_open=True))
     # count rounds with integers: ceil(log(1 - s) / log(1 - rate)) rounds 2.0000000000000004 up
     rounds = 0
     while 1 - (1 - rate) ** rounds < sparsity - 1e-12:
@@ -83,9 +105,15 @@ def synflow(model: nn.Module, sparsity: float, input_shape: tuple[int, ...],
     """SynFlow: data-free iterative pruning. Each round scores |theta * dR/dtheta| with
     R = sum(f_|theta|(1)) (all weights made positive, an all-ones input, float64, eval mode) and
     prunes globally to 1 - (1 - sparsity)^(k / rounds). `model` itself is not modified."""
-    _check_sparsity(sparsity)
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    check_module("model", model)
+    sparsity = check_sparsity(sparsity)
+    rounds = check_number("rounds", rounds, low=1, integer=True)
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or \
+            not input_shape:
+        raise TypeError(f"input_shape must be a non-empty tuple of ints (one sample's shape, "
+                        f"e.g. (1, 8, 8)), got {shown(input_shape)}")
+    input_shape = tuple(check_number(f"input_shape[{i}]", s, low=1, integer=True)
+                        for i, s in enumerate(input_shape))
     probe = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         for p in probe.parameters():
@@ -107,13 +135,26 @@ def synflow(model: nn.Module, sparsity: float, input_shape: tuple[int, ...],
     return {k: m.to(model.get_parameter(k).device) for k, m in masks.items()}
 
 
+def _check_path(path) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {shown(path)}")
+
+
 def save_masks(path: str, masks: Masks) -> None:
-    """Write masks (bool tensors by parameter name) to a safetensors file."""
+    """Write masks (bool or 0/1 tensors by parameter name) to a safetensors file, as bool."""
+    _check_path(path)
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping of name -> bool mask, got {shown(masks)}")
+    masks = check_masks("masks", masks, masks, same_device=False)
     save_file({k: m.detach().to(torch.bool).contiguous().cpu() for k, m in masks.items()}, path)
 
 
 def load_masks(path: str) -> Masks:
     """Read masks written by `save_masks` (bool tensors on the CPU)."""
+    _check_path(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path must be a masks file written by save_masks, got {str(path)!r} "
+                         f"(no such file)")
     masks = load_file(path)
     bad = [k for k, m in masks.items() if m.dtype != torch.bool]
     if bad:

@@ -5,7 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from trustfast.checks import check_number, shown
+
+
+def check_dataset(name: str, data) -> Dataset:
+    """`data` if it is a map-style dataset (len() and [i]), else a TypeError naming `name`
+    (a DataLoader is refused: the unlearning API batches the data itself)."""
+    if isinstance(data, DataLoader):
+        raise TypeError(f"{name} must be a map-style Dataset (len() and [i]), got a "
+                        f"DataLoader; pass its dataset: {name}.dataset")
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")) or \
+            isinstance(data, (str, bytes, torch.Tensor)):
+        raise TypeError(f"{name} must be a map-style Dataset (len() and [i]) of (image, label) "
+                        f"items, got {shown(data)}")
+    return data
+
+
+def check_splits(splits) -> Splits:
+    """`splits` if it is a Splits of map-style datasets, else a TypeError."""
+    if not isinstance(splits, Splits):
+        raise TypeError(f"splits must be a trustfast.unlearn.Splits (from classwise, "
+                        f"random_fraction or from_indices), got {shown(splits)}")
+    for part in ("forget", "retain", "test"):
+        check_dataset(f"splits.{part}", getattr(splits, part))
+    return splits
 
 
 @dataclass
@@ -28,6 +53,7 @@ class Splits:
 def labels_of(dataset: Dataset) -> torch.Tensor:
     """Integer labels of a dataset: `targets`, a TensorDataset's second tensor, a Subset of
     either, or else item [1] of every sample."""
+    check_dataset("dataset", dataset)
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
@@ -47,6 +73,9 @@ def _split(train: Dataset, forget_idx: torch.Tensor) -> tuple[Subset, Subset]:
 
 def classwise(train: Dataset, test: Dataset, forget_class: int) -> Splits:
     """Forget every training sample of `forget_class`; the class also leaves the test set."""
+    check_dataset("train", train)
+    check_dataset("test", test)
+    forget_class = check_number("forget_class", forget_class, integer=True)
     train_labels, test_labels = labels_of(train), labels_of(test)
     forget_idx = (train_labels == forget_class).nonzero().flatten()
     if len(forget_idx) == 0:
@@ -60,8 +89,11 @@ def classwise(train: Dataset, test: Dataset, forget_class: int) -> Splits:
 
 def random_fraction(train: Dataset, test: Dataset, fraction: float, seed: int = 0) -> Splits:
     """Forget a seeded random `fraction` of the training set (the test set is unchanged)."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    check_dataset("train", train)
+    check_dataset("test", test)
+    fraction = float(check_number("fraction", fraction, low=0.0, high=1.0, low_open=True,
+                                  high_open=True))
+    seed = check_number("seed", seed, low=0, integer=True)
     n = len(train)
     count = max(1, int(round(fraction * n)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -71,8 +103,17 @@ def random_fraction(train: Dataset, test: Dataset, fraction: float, seed: int = 
 
 
 def from_indices(train: Dataset, test: Dataset, indices) -> Splits:
-    """Forget the given training indices (unique, in range)."""
-    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    """Forget the given training indices (unique, in range; integers, not bools or floats)."""
+    check_dataset("train", train)
+    check_dataset("test", test)
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"indices must be a sequence of integers, got {shown(indices)}")
+    if isinstance(indices, torch.Tensor):
+        if indices.is_floating_point() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be integers, got a {indices.dtype} tensor")
+        indices = indices.flatten().tolist()
+    indices = [check_number(f"indices[{i}]", v, integer=True) for i, v in enumerate(indices)]
+    idx = torch.as_tensor(indices, dtype=torch.long)
     if idx.numel() == 0:
         raise ValueError("indices must not be empty")
     if len(torch.unique(idx)) != len(idx):

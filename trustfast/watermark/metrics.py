@@ -6,33 +6,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trustfast.checks import FLOATING, check_choice, check_number, check_same_shape, check_tensor
+from trustfast.watermark.models import _BIT_DTYPES
 from trustfast.watermark.noise import gaussian_kernel1d
 
 _REDUCTIONS = ("mean", "none")
 
 
 def _check_images(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Float NCHW `a` and `b` of one shape, without NaN/Inf (any range: see data_range)."""
     for name, x in (("a", a), ("b", b)):
-        if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(f"{name} must be a 4-D float NCHW tensor, got "
-                             f"{(x.dtype, tuple(x.shape)) if torch.is_tensor(x) else type(x)}")
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        check_tensor(name, x, dtypes=FLOATING, ndim=4, finite=True)
+    check_same_shape("b", b, "a", a)
 
 
 def _reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    check_choice("reduction", reduction, _REDUCTIONS)
     return per_image.mean() if reduction == "mean" else per_image
 
 
 def _check_bits(name: str, x: torch.Tensor) -> None:
-    if not torch.is_tensor(x) or x.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D (N, bits) tensor, got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x)}")
-    if not ((x == 0) | (x == 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1 (decode logits with > 0 first)")
+    check_tensor(name, x, dtypes=_BIT_DTYPES, ndim=2)
+    check_tensor(name, x, binary=True, hint="decode logits with > 0 first")
+
+
+def _check_range(data_range: float) -> float:
+    return check_number("data_range", data_range, low=0.0, low_open=True,
+                        hint="the span of the pixel values: 1.0 for [0, 1], 255 for [0, 255]")
 
 
 def bit_accuracy(decoded: torch.Tensor, bits: torch.Tensor) -> float:
@@ -40,9 +40,7 @@ def bit_accuracy(decoded: torch.Tensor, bits: torch.Tensor) -> float:
     rate). Both are (N, L) tensors of 0/1 (int, bool or float)."""
     _check_bits("decoded", decoded)
     _check_bits("bits", bits)
-    if decoded.shape != bits.shape:
-        raise ValueError(f"decoded and bits must have the same shape, got "
-                         f"{tuple(decoded.shape)} and {tuple(bits.shape)}")
+    check_same_shape("decoded", decoded, "bits", bits)
     return float((decoded.to(torch.int64) == bits.to(torch.int64)).double().mean())
 
 
@@ -50,8 +48,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0,
          reduction: str = "mean") -> torch.Tensor:
     """Peak signal-to-noise ratio in dB, per image: 10 log10(data_range^2 / MSE), the MSE over
     C x H x W; `reduction="mean"` averages the per-image values (inf for identical images),
-    "none" returns the (N,) tensor."""
+    "none" returns the (N,) tensor. a, b: float NCHW of one shape, finite; data_range > 0."""
     _check_images(a, b)
+    data_range = _check_range(data_range)
+    check_choice("reduction", reduction, _REDUCTIONS)
     mse = (a - b).double().pow(2).flatten(1).mean(1)
     return _reduce((10.0 * torch.log10(data_range ** 2 / mse)).to(a.dtype), reduction)
 
@@ -64,6 +64,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0,
     SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2)),
     averaged over positions and channels of each image. Images need sides >= 11."""
     _check_images(a, b)
+    data_range = _check_range(data_range)
+    check_choice("reduction", reduction, _REDUCTIONS)
     n, c, h, w = a.shape
     if h < 11 or w < 11:
         raise ValueError(f"a and b must have sides >= 11 (the window), got {h}x{w}")

@@ -4,17 +4,21 @@ Networks", ECCV 2018), for images in [0, 1], NCHW, and messages of bits in {0, 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trustfast import checks
 from trustfast.checkpoint import load_checkpoint, save_checkpoint
 from trustfast.config import Config
 from trustfast.utils import eval_mode
 
 _CHECKPOINT_NAME = "watermark_model"
+_BIT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+               torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass
@@ -61,8 +65,9 @@ class HiddenConfig(Config):
         if not isinstance(self.use_discriminator, bool):
             raise ValueError(f"use_discriminator must be a bool, got {self.use_discriminator!r}")
         scale = self.residual_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"residual_scale must be a number > 0, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not 0 < scale < math.inf:
+            raise ValueError(f"residual_scale must be a finite number > 0, got {scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,31 +190,19 @@ class Discriminator(nn.Module):
 
 
 def check_images(images: torch.Tensor, channels: int, name: str = "images") -> None:
-    """ValueError unless `images` is a 4-D float NCHW tensor in [0, 1] with `channels`."""
-    if not torch.is_tensor(images):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"{name} must be a 4-D float NCHW tensor, got {images.dtype} of shape "
-                         f"{tuple(images.shape)}")
-    if images.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (HiddenConfig.image_channels), "
-                         f"got shape {tuple(images.shape)}")
+    """A non-empty float NCHW batch in [0, 1] (no NaN) with `channels` channels, else a
+    TypeError (not a float tensor) or ValueError (shape, channels, values) naming `name`."""
+    checks.check_images(name, images, channels=channels)
     if images.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one image, got shape {tuple(images.shape)}")
-    if not bool(((images >= 0) & (images <= 1)).all()):
-        lo, hi = float(images.min()), float(images.max())
-        raise ValueError(f"{name} must lie in [0, 1] (no NaN), got values in [{lo}, {hi}]")
 
 
 def check_bits(bits: torch.Tensor, n: int, message_bits: int, name: str = "bits") -> None:
-    """ValueError unless `bits` is an (n, message_bits) tensor of 0s and 1s."""
-    if not torch.is_tensor(bits):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(bits).__name__}")
-    if tuple(bits.shape) != (n, message_bits):
-        raise ValueError(f"{name} must have shape ({n}, {message_bits}) (images, "
-                         f"HiddenConfig.message_bits), got {tuple(bits.shape)}")
-    if bits.is_complex() or not bool(((bits == 0) | (bits == 1)).all()):
-        raise ValueError(f"{name} must hold only 0 and 1")
+    """An (n, message_bits) bool / integer / float tensor of 0s and 1s, else a TypeError (not
+    such a tensor) or ValueError (shape, other values, NaN) naming `name`."""
+    checks.check_tensor(name, bits, dtypes=_BIT_DTYPES, shape=(n, message_bits),
+                        hint="(images, HiddenConfig.message_bits)")
+    checks.check_tensor(name, bits, binary=True)
 
 
 class WatermarkModel(nn.Module):

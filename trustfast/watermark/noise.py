@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trustfast.checks import FLOATING, check_number, check_same_shape, check_tensor
+
+MAX_RESIZE = 4.0  # Resize's largest scale factor
+MAX_BLUR_SIGMA = 100.0  # GaussianBlur's largest sigma, in pixels
+MAX_BLUR_KERNEL = 601  # and its largest kernel: the default 2 ceil(3 sigma) + 1 at that sigma
+
 __all__ = [
     "Combined", "Crop", "Cropout", "Dropout", "GaussianBlur", "Identity", "JpegMask", "NoiseLayer",
     "RealJpeg", "Resize", "block_dct", "block_idct", "dct_matrix", "gaussian_kernel1d",
@@ -29,12 +35,11 @@ __all__ = [
 
 
 def _check_pair(encoded: torch.Tensor, cover: torch.Tensor) -> None:
-    if not torch.is_tensor(encoded) or encoded.dim() != 4:
-        raise ValueError(f"encoded must be a 4-D NCHW tensor, got "
-                         f"{tuple(encoded.shape) if torch.is_tensor(encoded) else type(encoded)}")
-    if not torch.is_tensor(cover) or cover.shape != encoded.shape:
-        raise ValueError(f"cover must have the shape of encoded {tuple(encoded.shape)}, got "
-                         f"{tuple(cover.shape) if torch.is_tensor(cover) else type(cover)}")
+    """Float NCHW `encoded` and a `cover` of its shape (TypeError for another kind of value).
+    The values are not read: the layers run inside the training loop on images it made."""
+    check_tensor("encoded", encoded, dtypes=FLOATING, ndim=4)
+    check_tensor("cover", cover, dtypes=FLOATING)
+    check_same_shape("cover", cover, "encoded", encoded)
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None,
@@ -67,12 +72,7 @@ def _random_boxes(images: torch.Tensor, area_ratio: float, generator):
 
 
 def _check_ratio(name: str, value: float, low_open: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0))
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
+    return float(check_number(name, value, low=0.0, high=1.0, low_open=low_open))
 
 
 class NoiseLayer(nn.Module):
@@ -171,9 +171,9 @@ class Resize(NoiseLayer):
 
     def __init__(self, scale: float):
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"scale must be a number > 0, got {scale!r}")
-        self.scale = float(scale)
+        # at most 4x: a larger factor models no channel distortion, and an unbounded one (1e300)
+        # would allocate without limit
+        self.scale = float(check_number("scale", scale, low=0.0, high=MAX_RESIZE, low_open=True))
 
     @property
     def spec(self) -> str:
@@ -192,7 +192,9 @@ def gaussian_kernel1d(sigma: float, kernel_size: int, dtype=torch.float64,
                       device=None) -> torch.Tensor:
     """exp(-x^2 / (2 sigma^2)) on x = -(k-1)/2 .. (k-1)/2, normalized to sum 1."""
     x = torch.arange(kernel_size, dtype=dtype, device=device) - (kernel_size - 1) / 2
-    k = torch.exp(-x * x / (2.0 * sigma * sigma))
+    # (x / sigma)^2, not x^2 / sigma^2: a denormal sigma made 0 / 0 = NaN at the centre
+    z = x / sigma
+    k = torch.exp(-0.5 * z * z)
     return k / k.sum()
 
 
@@ -203,13 +205,15 @@ class GaussianBlur(NoiseLayer):
 
     def __init__(self, sigma: float, kernel_size: int | None = None):
         super().__init__()
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-            raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+        # sigma <= 100 px (a 601-tap kernel): beyond it every image is a flat colour, and an
+        # unbounded sigma would make an unbounded kernel
+        sigma = check_number("sigma", sigma, low=0.0, high=MAX_BLUR_SIGMA, low_open=True)
         if kernel_size is None:
             kernel_size = 2 * math.ceil(3.0 * sigma) + 1
         if (isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1
-                or kernel_size % 2 == 0):
-            raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+                or kernel_size % 2 == 0 or kernel_size > MAX_BLUR_KERNEL):
+            raise ValueError(f"kernel_size must be an odd int in [1, {MAX_BLUR_KERNEL}], "
+                             f"got {kernel_size!r}")
         self.sigma, self.kernel_size = float(sigma), kernel_size
 
     @property
@@ -375,8 +379,10 @@ class Combined(NoiseLayer):
     def __init__(self, layers: list[NoiseLayer]):
         super().__init__()
         layers = list(layers)
-        if not layers or not all(isinstance(layer, NoiseLayer) for layer in layers):
-            raise ValueError(f"layers must be a non-empty list of NoiseLayer, got {layers!r}")
+        if not layers:
+            raise ValueError("layers must be a non-empty list of NoiseLayer, got []")
+        if not all(isinstance(layer, NoiseLayer) for layer in layers):
+            raise TypeError(f"layers must be a non-empty list of NoiseLayer, got {layers!r}")
         self.layers = nn.ModuleList(layers)
 
     @property
@@ -419,7 +425,7 @@ def make_noise(spec: str) -> NoiseLayer:
     "resize(0.7)", "blur(2.0)" or "blur(2.0,5)" (sigma, kernel size), "jpeg_mask", "jpeg(50)"
     (quality), "combined(dropout(0.3)+jpeg_mask)". Spaces are ignored."""
     if not isinstance(spec, str):
-        raise ValueError(f"noise spec must be a str, got {spec!r}")
+        raise TypeError(f"noise spec must be a str, got {spec!r}")
     text = re.sub(r"\s+", "", spec).lower()
     match = re.fullmatch(r"([a-z_]+)(?:\((.*)\))?", text)
     if match is None:
@@ -446,5 +452,5 @@ def make_noise(spec: str) -> NoiseLayer:
         parsed.append(kind(value))
     try:
         return cls(*parsed)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"noise spec {spec!r}: {err}") from None
