@@ -16,20 +16,13 @@ from torch.utils.data import TensorDataset
 
 import trustfast.backdoor as bd
 import trustfast.watermark as wm
+from fuzz.refusal import refused
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 FUZZ = settings(max_examples=20, deadline=None)
 
 
-def refused(call, name: str, kinds=(TypeError, ValueError)) -> Exception:
-    """`call()` must raise one of `kinds` whose message names `name`; returns the error."""
-    try:
-        call()
-    except kinds as err:
-        assert name in str(err), f"the error does not name {name!r}: {err}"
-        return err
-    pytest.fail(f"accepted a bad {name}")
 
 
 def clean_images(n: int = 6, c: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
+from fuzz.refusal import refused
 from trustfast import blo
 from trustfast import data as tfdata
 
@@ -25,13 +26,6 @@ ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(-3, 300),
                      st.lists(st.integers(0, 3), max_size=2))
 
 
-def refused(call, name: str, kinds=(TypeError, ValueError)) -> Exception:
-    try:
-        call()
-    except kinds as err:
-        assert name in str(err), f"the error does not name {name!r}: {err}"
-        return err
-    pytest.fail(f"accepted a bad {name}")
 
 
 def is_number(x) -> bool:

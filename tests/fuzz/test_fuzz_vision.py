@@ -18,6 +18,7 @@ import trustfast.attacks as attacks
 import trustfast.faces as faces
 import trustfast.sparsity as sparsity
 import trustfast.unlearn as unlearn
+from fuzz.refusal import refused
 from trustfast.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -25,14 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 FUZZ = settings(max_examples=20, deadline=None)
 
 
-def refused(call, name: str, kinds=(TypeError, ValueError)) -> Exception:
-    """`call()` must raise one of `kinds` whose message names `name`; returns the error."""
-    try:
-        call()
-    except kinds as err:
-        assert name in str(err), f"the error does not name {name!r}: {err}"
-        return err
-    pytest.fail(f"accepted a bad {name}")
 
 
 def images(n: int = 4, size: int = 8, seed: int = 0) -> torch.Tensor:
