@@ -90,7 +90,7 @@ class Suite:
         """Append fn()'s row(s) to report[key]; an exception becomes an error row there."""
         meta = meta or {}
         if time.monotonic() > self.deadline:
-            self.report[key].append({**meta, "skipped": "time budget spent"})
+            self.report.setdefault(key, []).append({**meta, "skipped": "time budget spent"})
             self._log(label, "skipped (time budget spent)")
             return None
         try:
@@ -98,13 +98,13 @@ class Suite:
         except Exception as exc:
             result = None
             message = _describe(exc)
-            self.report[key].append({**meta, "error": message})
+            self.report.setdefault(key, []).append({**meta, "error": message})
             self.report["errors"].append({"section": label, "error": message,
                                           "traceback": traceback.format_exc()})
             self._log(label, f"ERROR {message}")
         else:
             rows = result if isinstance(result, list) else [result]
-            self.report[key].extend({**meta, **row} for row in rows)
+            self.report.setdefault(key, []).extend({**meta, **row} for row in rows)
             self._log(label, _summary(rows))
         finally:
             if self.device.type == "cuda":
@@ -122,7 +122,7 @@ class Suite:
         return self.run(section.key, section.label, section.run, section.meta)
 
     def skip(self, key: str, label: str, meta: dict, reason: str) -> None:
-        self.report[key].append({**meta, "skipped": reason})
+        self.report.setdefault(key, []).append({**meta, "skipped": reason})
         self._log(label, f"skipped ({reason})")
 
     def _log(self, label: str, status: str) -> None:
@@ -130,11 +130,9 @@ class Suite:
               flush=True)
 
     def failed(self) -> bool:
-        rows = [r for key in ("ceilings", "checks", "timings", "block_sweep", "hvp_checks",
-                              "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
-                              "attention_timings", "sequence_nll_checks",
-                              "sequence_nll_timings", "llm_memory", "watermark_attack")
-                for r in self.report.get(key, [])]
+        # every section's rows (a bench added to the registry adds its own keys)
+        rows = [r for key, value in self.report.items() if key != "errors"
+                and isinstance(value, list) for r in value if isinstance(r, dict)]
         return any("error" in r or r.get("passed") is False for r in rows)
 
     def save(self) -> None:
@@ -175,6 +173,12 @@ def _worst_array(arrays: dict) -> tuple[str, dict]:
         return math.inf if a["kernel_err"] > 0 else 0.0
 
     return max(arrays.items(), key=ratio)
+
+
+KNOWN_KEYS = ("config", "machine", "ceilings", "checks", "timings", "block_sweep", "hvp_checks",
+              "hvp_timings", "pgd_checks", "pgd_timings", "attention_checks",
+              "attention_timings", "sequence_nll_checks", "sequence_nll_timings", "llm_memory",
+              "watermark_attack", "errors")
 
 
 def markdown_table(report: dict) -> str:
@@ -300,6 +304,18 @@ def markdown_table(report: dict) -> str:
         add("watermark attack", f"{r.get('faces', '')} faces x {r.get('messages', '')} messages: "
             f"{r.get('variant', '')}", "float32", ms=r.get("ms"),
             speedup=r.get("trustfast speed-up"), status=_status(r))
+    for key in report:  # benches with no table of their own above: one generic line a row
+        if key in KNOWN_KEYS or not isinstance(report[key], list):
+            continue
+        for r in report[key]:
+            item = ", ".join(str(r[k]) for k in ("case", "variant", "mode", "shape") if k in r)
+            rate = next((f"{r[k]:.4g} {k}" for k in ("images/s", "GB/s", "TFLOP/s") if k in r),
+                        "")
+            detail = ", ".join(f"{k} {v:.1e}" for k, v in r.items()
+                               if k.startswith("rel") and isinstance(v, float))
+            add(key, item, r.get("dtype", ""), ms=r.get("ms"), rate=rate,
+                speedup=r.get("trustfast speed-up"), detail=detail or r.get("skipped", ""),
+                status=_status(r))
     for r in report["block_sweep"]:
         item = f"{r.get('op', '')} BLOCK={r.get('block', '?')}" + (" (default)"
                                                                    if r.get("default") else "")

@@ -171,7 +171,7 @@ def backdoor_table(groups: dict[str, dict[str, dict]]) -> list[str]:
 
 
 ATTENTION_PREFIX = "attention cpu "
-ATTENTION_OURS = "trustfast attention (chunked)"
+ATTENTION_OURS = "trustfast attention"
 
 
 def attention_table(groups: dict[str, dict[str, dict]]) -> list[str]:

@@ -25,6 +25,10 @@ DEMO: list[tuple[str, dict]] = [
     # STRIP with N=32 overlays keeps the section short
     ("backdoor-identify", {"attacks": ["badnets"], "strip_overlays": 32}),
     ("diffusion-attention", {}),
+    # two tiny UNets of 300 steps each: the per-tone distances and the classifier rows, at a
+    # scale where the training has not converged (the full config is in BENCHMARKS.md)
+    ("fairskin", {"train_size": 1200, "test_per_group": 40, "sample_steps": 10,
+                  "train": {"max_steps": 300}, "classifier": {"epochs": 6}}),
     ("llm-unlearn", {"methods": ["npo", "simnpo"]}),
     # 100 pairs and 10 PGD steps keep the section near two minutes on one CPU thread
     ("watermark-attack", {"pairs_count": 100, "steps": 10}),

@@ -1,6 +1,8 @@
 """trustfast.diffusion.attention: `FastAttnProcessor` is a drop-in for diffusers'
-`AttnProcessor2_0` (tiny UNet, DDIM sampling, every option of a standalone `Attention` layer),
-`enable_fast_attention` counts what it replaces and skips, and forward-mode AD through a UNet."""
+`AttnProcessor2_0` (tiny UNet, DDIM sampling, every option of a standalone `Attention` layer, a
+VAE with a 512-dim head, a mask that requires grad), `enable_fast_attention` counts what it
+replaces and skips, `disable_fast_attention` gives diffusers its processors back, and forward-mode
+AD and double backward through a UNet."""
 
 import types
 
@@ -8,13 +10,16 @@ import pytest
 import torch
 
 from trustfast.diffusion import FastAttnProcessor, Replacement, enable_fast_attention
+from trustfast.diffusion.attention import disable_fast_attention
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.attention_processor import (  # noqa: E402
     Attention,
     AttnAddedKVProcessor,
+    AttnProcessor,
     AttnProcessor2_0,
 )
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from trustfast.diffusion.tiny import ddim_sample, tiny_unet  # noqa: E402
 
@@ -199,3 +204,128 @@ def test_unet_jvp_wrt_prompt_matches_finite_difference():
     assert fd.norm() > 1e-3
     rel = ((t_out - fd).norm() / fd.norm()).item()
     assert rel < 1e-5, rel
+
+
+def test_unet_double_backward_matches_sdpa_math():
+    """Reverse-over-reverse (an HVP wrt the prompt) through every attention layer: SDPA's fused CPU
+    kernel has no double backward, so the oracle is AttnProcessor2_0 under SDPA's math backend."""
+    unet = tiny_unet()
+    x, prompt = _unet_inputs(seed=8)
+    tangent = torch.randn(prompt.shape, generator=_gen(9))
+
+    def hvp():
+        p = prompt.clone().requires_grad_()
+        (g,) = torch.autograd.grad(unet(x, 10, encoder_hidden_states=p).sample.square().mean(), p,
+                                   create_graph=True)
+        return torch.autograd.grad((g * tangent).sum(), p)[0]
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = hvp()
+    enable_fast_attention(unet)
+    out = hvp()
+    assert ref.abs().max() > 1e-6
+    assert _max_err(out, ref) <= 1e-4 * ref.abs().max().item()
+
+
+def _vae():
+    """A Stable-Diffusion-like VAE from a config (random weights): one 512-channel block, so each
+    mid-block attention has one head of dim 512, as the SD VAE's."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",), block_out_channels=(512,),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=32,
+                         sample_size=8).eval()
+
+
+def test_vae_with_a_512_dim_head_decodes_as_attn_processor_2_0():
+    vae = _vae()
+    heads = [(m.heads, m.inner_dim // m.heads) for m in vae.modules() if isinstance(m, Attention)]
+    assert heads == [(1, 512), (1, 512)]
+    z = torch.randn(2, 4, 8, 8, generator=_gen(10))
+    image = torch.rand(1, 3, 8, 8, generator=_gen(11))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        ref_latent = vae.encode(image).latent_dist.mean
+        assert enable_fast_attention(vae).replaced == 2
+        out = vae.decode(z).sample
+        latent = vae.encode(image).latent_dist.mean
+    assert out.shape == (2, 3, 8, 8)
+    assert _max_err(out, ref) <= ATOL and _max_err(latent, ref_latent) <= ATOL
+    assert ref.abs().max() > 0.1
+    # and with a tape: the 512-dim head's backward through the torch blocks (forced) and fused
+    for backend in ("torch", None):
+        enable_fast_attention(vae, backend=backend, block_size=16)
+        zz = z.clone().requires_grad_()
+        (g,) = torch.autograd.grad(vae.decode(zz).sample.square().sum(), zz)
+        vae.set_attn_processor(AttnProcessor2_0())
+        zr = z.clone().requires_grad_()
+        (g_ref,) = torch.autograd.grad(vae.decode(zr).sample.square().sum(), zr)
+        assert _max_err(g, g_ref) <= 1e-4 * g_ref.abs().max().item(), backend
+
+
+def test_disable_fast_attention_gives_diffusers_its_processors_back(unet):
+    """diffusers' set_default_attn_processor accepts only its own processor classes: it raises
+    after enable_fast_attention, and works again after disable_fast_attention, which restores the
+    very processors that were replaced."""
+    unet.set_attn_processor(AttnProcessor2_0())
+    before = dict(unet.attn_processors)
+    enable_fast_attention(unet)
+    enable_fast_attention(unet, block_size=8)  # a second call keeps the first record
+    with pytest.raises(ValueError, match="set_default_attn_processor"):
+        unet.set_default_attn_processor()
+    assert disable_fast_attention(unet) == 8
+    after = unet.attn_processors
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert disable_fast_attention(unet) == 0  # nothing left to restore
+    unet.set_default_attn_processor()
+    assert all(type(p) is AttnProcessor for p in unet.attn_processors.values())
+    # processors that were AttnProcessor come back as AttnProcessor
+    enable_fast_attention(unet)
+    disable_fast_attention(unet)
+    assert all(type(p) is AttnProcessor for p in unet.attn_processors.values())
+    unet.set_attn_processor(AttnProcessor2_0())
+
+
+def test_disable_fast_attention_on_hand_installed_processors_and_pipelines():
+    model = _TwoLayers()
+    model.plain.set_processor(FastAttnProcessor())  # installed by hand: nothing recorded
+    assert model.plain.processor.replaced is None
+    assert disable_fast_attention(model) == 1
+    assert type(model.plain.processor) is AttnProcessor2_0
+    assert isinstance(model.added_kv.processor, AttnAddedKVProcessor)  # never touched
+    pipe = types.SimpleNamespace(components={"unet": _TwoLayers(), "vae": _TwoLayers()})
+    originals = [c.plain.processor for c in pipe.components.values()]
+    assert enable_fast_attention(pipe).replaced == 2
+    assert disable_fast_attention(pipe) == 2
+    assert [c.plain.processor for c in pipe.components.values()] == originals
+    with pytest.raises(TypeError, match="disable_fast_attention takes"):
+        disable_fast_attention("unet")
+
+
+@pytest.mark.parametrize("mask_kind", ["additive", "log-probability"])
+def test_mask_that_requires_grad_matches_attn_processor_2_0(mask_kind):
+    """AttnProcessor2_0 hands a mask that requires grad to SDPA, which differentiates through it;
+    FastAttnProcessor gives the same gradient (dL/dmask = dS, the scores' gradient)."""
+    torch.manual_seed(0)
+    layer = Attention(query_dim=64, heads=2, dim_head=40, cross_attention_dim=48).eval()
+    hidden, context = _seq(50, 64, seed=12), _seq(77, 48, seed=13)
+    raw = 0.1 + 0.9 * torch.rand(2, 77, generator=_gen(14), dtype=torch.float32)
+
+    def grads(processor):
+        layer.set_processor(processor)
+        m = raw.clone().requires_grad_()
+        # a learnable soft mask: an additive bias, or the log of a keep probability
+        bias = -3.0 * m if mask_kind == "additive" else m.log()
+        h = hidden.clone().requires_grad_()
+        out = layer(h, encoder_hidden_states=context, attention_mask=bias)
+        return out, torch.autograd.grad(out.sin().sum(), (m, h))
+
+    ref, (dm_ref, dh_ref) = grads(AttnProcessor2_0())
+    out, (dm, dh) = grads(FastAttnProcessor(block_size=16))
+    assert _max_err(out, ref) <= ATOL
+    assert dm_ref.abs().max() > 1e-4
+    assert _max_err(dm, dm_ref) <= 1e-4 * dm_ref.abs().max().item()
+    assert _max_err(dh, dh_ref) <= 1e-4 * dh_ref.abs().max().item()

@@ -71,6 +71,20 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     fast = attn["FastAttnProcessor, 10 DDIM steps"]
     assert fast["layers_replaced"] == 8 and fast["max_abs_diff_vs_default"] < 1e-4
     assert fast["jvp_through_unet"] == "ok"
+    fair = section["fairskin"]
+    generation = {r["model"]: r for r in fair if r["stage"] == "generation"}
+    assert set(generation) == {"vanilla", "fairskin"}
+    for r in generation.values():  # six tones, each a finite distance >= 0
+        tones = [v for k, v in r.items() if k.startswith("FD_cnn_") and k[7:] in
+                 ("I", "II", "III", "IV", "V", "VI")]
+        assert len(tones) == 6 and all(v >= 0 for v in tones)
+        assert r["FD_cnn_gap"] == pytest.approx(max(tones) - min(tones))
+    classifier = {r["training"]: r for r in fair if r["stage"] == "classifier"}
+    assert set(classifier) == {"real", "real + vanilla synthetic",
+                               "real + vanilla synthetic, level-3 weights",
+                               "real + fairskin synthetic, level-3 weights"}
+    assert classifier["real"]["accuracy"] > 0.4  # 5 diseases: chance is about 0.2
+    assert all(r["worst_group_accuracy"] <= r["accuracy"] for r in classifier.values())
     llm = {r["method"]: r for r in section["llm-unlearn"]}
     assert llm["original"]["forget_EM"] == 1.0
     assert llm["simnpo"]["forget_EM"] <= 0.2 and llm["simnpo"]["retain_EM"] >= 0.8
@@ -83,7 +97,9 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     for name in ("results.md", "masked-training/masked_training_loss.png",
                  "bilevel/bilevel_ridge.png", "robustness/robustness.png",
                  "unlearn/unlearn.png", "backdoor-identify/identify.png",
-                 "llm-unlearn/llm_unlearning.png", "watermark-attack/watermark_attack.png"):
+                 "llm-unlearn/llm_unlearning.png", "fairskin/samples.png",
+                 "fairskin/fd_by_group.png", "fairskin/accuracy_by_group.png",
+                 "watermark-attack/watermark_attack.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     for name in section:  # every experiment wrote its own results
         saved = json.load(open(os.path.join(out, name, "results.json")))

@@ -44,6 +44,10 @@ CASES = {
          "--set", "cleaning.cg_iters=5", "--set", "cleaning.n_val=50"), ("seconds",), False),
     "diffusion-attention": Case(
         ("--steps", "1", "--set", "batch=1", "--set", "prompt_tokens=7"), ("seconds",), False),
+    "fairskin": Case(
+        ("--steps", "6", "--set", "train_size=120", "--set", "test_per_group=3",
+         "--set", "sample_steps=2", "--set", "classifier.epochs=1", "--set", "image_size=8",
+         "--set", "train.batch_size=8", "--set", "train.checkpoint_every=2"), (), True),
     "llm-unlearn": Case(  # the built-in tiny model, without DeepSpeed
         ("--methods", "ga", "--set", "n_people=10", "--set", "finetune_epochs=1",
          "--set", "unlearn.epochs=1", "--set", "retain_eval=2", "--set", "hidden_size=32",

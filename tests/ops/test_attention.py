@@ -1,6 +1,7 @@
-"""trustfast.ops.attention on the CPU (the chunked torch path): forward, backward and JVP against
-the float64 reference and torch SDPA on odd shapes, the float32 / bfloat16 precision rule, higher
-derivatives through a transformer block, O(N) memory, validation and dispatch."""
+"""trustfast.ops.attention on the CPU, both backends (the fused CPU flash kernel "sdpa", the
+default, and the chunked torch path): forward, backward and JVP against the float64 reference and
+torch SDPA on odd shapes, head dims above 256, mask gradients, the float32 / bfloat16 precision
+rule, higher derivatives through a transformer block, O(N) memory, validation and dispatch."""
 
 import math
 
@@ -11,12 +12,13 @@ from torch.nn import functional as fn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trustfast._bench import judge
-from trustfast.ops import BackendUnavailableError, select_backend
+from trustfast.ops import BackendUnavailableError, _dispatch, resolve_backend, select_backend
 from trustfast.ops.attention import attention, attention_reference
 from trustfast.utils import peak_tensor_bytes
 
 DT = torch.float64
 RTOL64 = 1e-12  # float64, chunked vs one-shot softmax: differ only by summation order
+CPU_BACKENDS = ["sdpa", "torch"]
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -58,10 +60,14 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("b,h,n_q,n_k,d,block", SHAPES)
-def test_forward_backward_jvp_match_reference(b, h, n_q, n_k, d, block):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("b,h,n_q,n_k,d,block", SHAPES + [
+    pytest.param(1, 2, 33, 33, 257, 16, id="n33-self-d257"),
+    pytest.param(1, 1, 64, 64, 512, 16, id="n64-self-d512-sd-vae"),
+    pytest.param(2, 1, 17, 5, 700, 8, id="cross-17x5-d700")])
+def test_forward_backward_jvp_match_reference(b, h, n_q, n_k, d, block, backend):
     q, k, v = _qkv(b, h, n_q, n_k, d)
-    fast = lambda q, k, v: attention(q, k, v, block_size=block)
+    fast = lambda q, k, v: attention(q, k, v, block_size=block, backend=backend)
     _close64(fast(q, k, v), attention_reference(q, k, v), "out")
 
     g = _gen(1)
@@ -85,11 +91,12 @@ def test_forward_backward_jvp_match_reference(b, h, n_q, n_k, d, block):
     _close64(t_out, fast(q, k, tv), "jvp tangent (v only) = attention(q, k, tv)")
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("n_q,n_k,block", [(1, 1, 16), (77, 77, 16), (77, 129, 128), (1, 129, 16),
                                            (129, 1000, 128), (33, 33, 1)])
-def test_causal_matches_sdpa(n_q, n_k, block):
+def test_causal_matches_sdpa(n_q, n_k, block, backend):
     q, k, v = _qkv(2, 2, n_q, n_k, 40, seed=3)
-    fast = lambda q, k, v: attention(q, k, v, is_causal=True, block_size=block)
+    fast = lambda q, k, v: attention(q, k, v, is_causal=True, block_size=block, backend=backend)
     sdpa = lambda q, k, v: _sdpa_math(q, k, v, is_causal=True)
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
     out, ref = fast(*ins), sdpa(*ins)
@@ -117,15 +124,17 @@ def _mask(kind, shape, seed):
     return torch.randn(shape, generator=g, dtype=DT) * 3.0 - blocked * 1e4
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kind", ["bool", "float"])
-@pytest.mark.parametrize("mask_shape", ["b11k", "1hqk"])
+@pytest.mark.parametrize("mask_shape", ["b11k", "1hqk", "qk"])
 @pytest.mark.parametrize("n_q,n_k,causal", [(77, 77, False), (129, 77, False), (77, 129, True)])
-def test_masks_match_sdpa_and_reference(kind, mask_shape, n_q, n_k, causal):
+def test_masks_match_sdpa_and_reference(kind, mask_shape, n_q, n_k, causal, backend):
     b, h, d = 2, 2, 64
     q, k, v = _qkv(b, h, n_q, n_k, d, seed=6)
-    shape = (b, 1, 1, n_k) if mask_shape == "b11k" else (1, h, n_q, n_k)
+    shape = {"b11k": (b, 1, 1, n_k), "1hqk": (1, h, n_q, n_k), "qk": (n_q, n_k)}[mask_shape]
     m = _mask(kind, shape, seed=7)
-    fast = lambda q, k, v: attention(q, k, v, attn_mask=m, is_causal=causal, block_size=16)
+    fast = lambda q, k, v: attention(q, k, v, attn_mask=m, is_causal=causal, block_size=16,
+                                     backend=backend)
     ref = lambda q, k, v: attention_reference(q, k, v, attn_mask=m, is_causal=causal)
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
     out = fast(*ins)
@@ -141,14 +150,15 @@ def test_masks_match_sdpa_and_reference(kind, mask_shape, n_q, n_k, causal):
              torch.func.jvp(ref, (q, k, v), tangents)[1], "jvp tangent")
 
 
-def test_fully_masked_rows_give_zeros_like_sdpa():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fully_masked_rows_give_zeros_like_sdpa(backend):
     """A query whose keys are all masked: SDPA (torch >= 2.5) returns zeros and zero gradients."""
     q, k, v = _qkv(1, 2, 9, 5, 40, seed=10)
     m = torch.rand(1, 2, 9, 5, generator=_gen(11)) > 0.3
     m[..., 0] = True
     m[:, 1, 4, :] = False
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = attention(*ins, attn_mask=m, block_size=4)
+    out = attention(*ins, attn_mask=m, block_size=4, backend=backend)
     ref = _sdpa_math(*ins, attn_mask=m)
     assert torch.equal(out[:, 1, 4], torch.zeros_like(out[:, 1, 4]))
     _close64(out, ref, "out")
@@ -162,29 +172,64 @@ def test_fully_masked_rows_give_zeros_like_sdpa():
     assert not t_out.isnan().any() and torch.equal(t_out[:, 1, 4], torch.zeros_like(t_out[:, 1, 4]))
 
 
-@pytest.mark.parametrize("n_q,n_k", [(0, 5), (5, 0)])
+@pytest.mark.parametrize("n_q,n_k", [(0, 5), (5, 0), (0, 0)])
 def test_empty_sequences_match_sdpa(n_q, n_k):
+    """The fused CPU kernel dies (SIGFPE) on an empty sequence: auto mode runs the torch path,
+    a forced "sdpa" raises instead of crashing the process."""
     q, k, v = _qkv(1, 2, n_q, n_k, 40)
     out = attention(q, k, v)
     assert out.shape == (1, 2, n_q, 40)
     _close64(out, _sdpa_math(q, k, v), "out")
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad(attention(*ins).sum(), ins, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    with pytest.raises(BackendUnavailableError, match="Nq >= 1 and Nk >= 1"):
+        attention(q, k, v, backend="sdpa")
 
 
-def test_scale_argument_and_non_contiguous_inputs():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_scale_argument_and_non_contiguous_inputs(backend):
     q, k, v = _qkv(2, 5, 77, 33, 40, seed=12)
     q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     assert not q.is_contiguous()
-    _close64(attention(q, k, v, scale=0.3, block_size=16), _sdpa_math(q, k, v, scale=0.3), "out")
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*ins, scale=0.3, block_size=16, backend=backend)
+    ref = _sdpa_math(*ins, scale=0.3)
+    _close64(out, ref, "out")
+    do = torch.randn(out.shape, generator=_gen(13), dtype=DT).transpose(-1, -2).contiguous()
+    do = do.transpose(-1, -2)  # a non-contiguous output gradient too
+    for name, a, e in zip(("dq", "dk", "dv"), torch.autograd.grad(out, ins, do),
+                          torch.autograd.grad(ref, ins, do)):
+        _close64(a, e, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_default_is_sdpas_own_cpu_kernel(dtype, masked):
+    """On the CPU the default backend runs the kernel SDPA itself picks there (its fused flash
+    kernel): output and first-order gradients bit for bit those of SDPA."""
+    q, k, v = _qkv(2, 3, 33, 47, 40, seed=30, dtype=dtype)
+    m = _mask("float", (2, 1, 1, 47), seed=31).to(dtype) if masked else None
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref_ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*ins, attn_mask=m)
+    ref = fn.scaled_dot_product_attention(*ref_ins, attn_mask=m)
+    assert torch.equal(out, ref)
+    do = torch.randn(out.shape, generator=_gen(32)).to(dtype)
+    for a, e in zip(torch.autograd.grad(out, ins, do), torch.autograd.grad(ref, ref_ins, do)):
+        assert torch.equal(a, e)
 
 
 # ---- precision rule: error vs float64 <= 2 x the error of PyTorch's math attention -------------
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b,h,n_q,n_k,d,masked", [(2, 2, 77, 77, 64, False),
                                                   (1, 2, 129, 77, 80, True),
                                                   (1, 1, 1000, 1000, 40, False),
-                                                  (1, 2, 33, 1, 160, False)])
-def test_precision_within_twice_torch_math(dtype, b, h, n_q, n_k, d, masked):
+                                                  (1, 2, 33, 1, 160, False),
+                                                  (1, 1, 64, 64, 512, False)])
+def test_precision_within_twice_torch_math(dtype, b, h, n_q, n_k, d, masked, backend):
     q, k, v = _qkv(b, h, n_q, n_k, d, seed=13, dtype=dtype)
     do = torch.randn(b, h, n_q, d, generator=_gen(14)).to(dtype)
     m = _mask("float", (b, 1, 1, n_k), seed=15).to(dtype) if masked else None
@@ -200,11 +245,15 @@ def test_precision_within_twice_torch_math(dtype, b, h, n_q, n_k, d, masked):
         grads = torch.autograd.grad(out, ins, do)
         return [judge.relative_l2_error(a, e) for a, e in zip((out, *grads), (ref, *ref_grads))]
 
-    ours = errors(lambda q, k, v: attention(q, k, v, attn_mask=m, block_size=16))
+    ours = errors(lambda q, k, v: attention(q, k, v, attn_mask=m, block_size=16,
+                                            backend=backend))
     torch_math = errors(lambda q, k, v: _sdpa_math(q, k, v, attn_mask=m))
-    floor = torch.finfo(dtype).eps / 16  # both can be exact (Nk = 1: dq = dk = 0)
-    for name, e, base in zip(("out", "dq", "dk", "dv"), ours, torch_math):
-        assert judge.within(e, base, slack=floor), (f"{dtype} {name}: error {e:.3e} vs torch "
+    floor = torch.finfo(dtype).eps / 16
+    for name, e, base, r in zip(("out", "dq", "dk", "dv"), ours, torch_math, (ref, *ref_grads)):
+        # An exactly zero reference (Nk = 1: dq = dk = 0, which math attention also gets
+        # exactly): the absolute error, judged against the gradients that do flow (||do||).
+        slack = 4 * torch.finfo(dtype).eps * do.double().norm().item() if not r.any() else floor
+        assert judge.within(e, base, slack=slack), (f"{dtype} {name}: error {e:.3e} vs torch "
                                                     f"math {base:.3e}")
 
 
@@ -339,8 +388,8 @@ VALIDATION = [
     pytest.param(dict(v=_t(2, 2, 6, 8)), ValueError, "k and v", id="v-length"),
     pytest.param(dict(k=_t(2, 2, 5, 16), v=_t(2, 2, 5, 16)), ValueError, "head dim D",
                  id="head-dim-mismatch"),
-    pytest.param(dict(q=_t(1, 1, 3, 257), k=_t(1, 1, 3, 257), v=_t(1, 1, 3, 257)), ValueError,
-                 "head dim must be in 1..256", id="head-dim-257"),
+    pytest.param(dict(q=_t(1, 1, 3, 0), k=_t(1, 1, 3, 0), v=_t(1, 1, 3, 0)), ValueError,
+                 "head dim must be >= 1", id="head-dim-0"),
     pytest.param(dict(scale=float("nan")), TypeError, "scale", id="scale-nan"),
     pytest.param(dict(attn_mask=_t(2, 2, 5, 4)), ValueError, "attn_mask of shape",
                  id="mask-broadcast"),
@@ -348,8 +397,6 @@ VALIDATION = [
                  id="mask-batch"),
     pytest.param(dict(attn_mask=_t(1, 1, 5, 5, dtype=torch.int64)), TypeError,
                  "attn_mask must be bool", id="mask-int"),
-    pytest.param(dict(attn_mask=_t(1, 1, 5, 5, requires_grad=True)), ValueError,
-                 "attn_mask must not require grad", id="mask-requires-grad"),
     pytest.param(dict(attn_mask=[[True]]), TypeError, "attn_mask must be a tensor",
                  id="mask-list"),
     pytest.param(dict(q=_t(2, 2, 6, 8), is_causal=True), ValueError, "is_causal needs Nq <= Nk",
@@ -365,6 +412,11 @@ VALIDATION = [
     pytest.param(dict(backend="triton", q=_t(2, 2, 5, 8, dtype=DT), k=_t(2, 2, 5, 8, dtype=DT),
                       v=_t(2, 2, 5, 8, dtype=DT)), BackendUnavailableError, "attention",
                  id="triton-float64"),
+    pytest.param(dict(backend="sdpa", q=_t(2, 2, 5, 8, device="meta"),
+                      k=_t(2, 2, 5, 8, device="meta"), v=_t(2, 2, 5, 8, device="meta")),
+                 BackendUnavailableError, "runs on CPU tensors", id="sdpa-meta-device"),
+    pytest.param(dict(backend="sdpa", k=_t(2, 2, 0, 8), v=_t(2, 2, 0, 8)),
+                 BackendUnavailableError, "Nq >= 1 and Nk >= 1", id="sdpa-no-keys"),
 ]
 
 
@@ -376,16 +428,100 @@ def test_validation_names_the_argument(overrides, error, match):
         attention(q, k, v, **kwargs)
 
 
-def test_cpu_dispatch_is_the_torch_path(monkeypatch):
-    assert select_backend("attention", torch.device("cpu")) == "torch"
+def test_cpu_dispatch_is_the_fused_kernel_and_torch_on_demand(monkeypatch):
+    assert select_backend("attention", torch.device("cpu")) == "sdpa"
     q, k, v = _qkv(1, 2, 9, 9, 8)
     auto = attention(q, k, v, block_size=4)
-    assert torch.equal(auto, attention(q, k, v, block_size=4, backend="torch"))
+    assert torch.equal(auto, attention(q, k, v, backend="sdpa"))
+    blocks = attention(q, k, v, block_size=4, backend="torch")
+    _close64(blocks, auto, "torch path vs fused")
     monkeypatch.setenv("TRUSTFAST_BACKEND", "cpp")
     with pytest.raises(BackendUnavailableError, match="not implemented"):
         attention(q, k, v)
     monkeypatch.setenv("TRUSTFAST_BACKEND", "torch")
+    assert torch.equal(attention(q, k, v, block_size=4), blocks)
+    monkeypatch.setenv("TRUSTFAST_BACKEND", "sdpa")
     assert torch.equal(attention(q, k, v, block_size=4), auto)
+    with pytest.raises(BackendUnavailableError, match="'sdpa'.*Nk=0"):
+        attention(q, k[..., :0, :], v[..., :0, :])
+
+
+def test_head_dims_above_256_route_around_triton():
+    """Triton's tiles stop at D = 256: auto mode sends larger heads to the torch path on CUDA
+    (decided from the facts: no GPU needed), a forced Triton raises; the CPU keeps its kernel."""
+    cuda = dict(device=torch.device("cuda"), dtype=torch.float16, has_mask=False, n_queries=64,
+                n_keys=64)
+    assert resolve_backend("attention", **cuda, head_dim=512) == "torch"
+    assert resolve_backend("attention", device="cpu", dtype=torch.float32, has_mask=False,
+                           n_queries=64, n_keys=64, head_dim=512) == "sdpa"
+    if _dispatch.triton_available():
+        assert resolve_backend("attention", **cuda, head_dim=256) == "triton"
+        with pytest.raises(BackendUnavailableError, match="head dim 1..256, got 512"):
+            resolve_backend("attention", "triton", **cuda, head_dim=512)
+
+
+# ---- a float mask that requires grad gets dL/dmask = dS (as under SDPA) ------------------------
+
+MASK_GRAD_SHAPES = [(2, 2, 9, 13), (2, 1, 1, 13), (1, 2, 9, 1), (9, 13), (13,), ()]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", MASK_GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)) or "0d")
+@pytest.mark.parametrize("causal", [False, True])
+def test_mask_gradient_matches_autograd_of_reference_and_sdpa(shape, causal, backend):
+    q, k, v = _qkv(2, 2, 9, 13, 40, seed=40)
+    m = _mask("float", shape, seed=41) if shape else torch.tensor(0.7, dtype=DT)
+    if len(shape) == 4 and shape[2] > 1:
+        m[0, 0, 3, :] = -math.inf  # a fully masked row: no gradient flows through it
+    m = m.clone().requires_grad_()
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = attention(*ins, attn_mask=m, is_causal=causal, block_size=4, backend=backend)
+    ref = attention_reference(*ins, attn_mask=m, is_causal=causal)
+    _close64(out, ref, "out")
+    do = torch.randn(out.shape, generator=_gen(42), dtype=DT)
+    grads = torch.autograd.grad(out, [*ins, m], do)
+    ref_grads = torch.autograd.grad(ref, [*ins, m], do)
+    assert grads[3].shape == m.shape
+    if not shape or shape[-1] == 1:  # one value per row: softmax is shift-invariant, dmask = 0
+        assert grads[3].abs().max() < 1e-12
+    else:
+        assert grads[3].abs().max() > 1e-3
+    for name, a, e in zip(("dq", "dk", "dv", "dmask"), grads, ref_grads):
+        _close64(a, e, name)
+    if not causal and m.isfinite().all():  # SDPA: no is_causal with a mask; -inf gives NaN grads
+        sdpa_grads = torch.autograd.grad(_sdpa_math(*ins, attn_mask=m), [*ins, m], do)
+        _close64(grads[3], sdpa_grads[3], "dmask vs SDPA")
+
+
+def test_mask_gradient_second_order_and_jvp():
+    """dmask is differentiable (double backward through it) and a mask tangent enters the JVP."""
+    q, k, v = _qkv(1, 2, 7, 11, 16, seed=43)
+    m = _mask("float", (1, 2, 7, 11), seed=44)
+    tm = torch.randn(m.shape, generator=_gen(45), dtype=DT)
+
+    def second(f):
+        mm, qq = m.clone().requires_grad_(), q.clone().requires_grad_()
+        g = torch.autograd.grad((f(qq, k, v, attn_mask=mm) ** 2).sum(), mm, create_graph=True)[0]
+        return torch.autograd.grad((g.sin() * tm).sum(), (mm, qq))
+
+    fast = lambda *a, **kw: attention(*a, block_size=3, **kw)
+    for name, a, e in zip(("d2/dmask2", "d2/dmask dq"), second(fast),
+                          second(attention_reference)):
+        assert e.abs().max() > 1e-3
+        assert_close(a, e, atol=1e-10, rtol=1e-10, name=name)
+    f = lambda mm: fast(q, k, v, attn_mask=mm)
+    _close64(torch.func.jvp(f, (m,), (tm,))[1],
+             torch.func.jvp(lambda mm: attention_reference(q, k, v, attn_mask=mm), (m,), (tm,))[1],
+             "jvp tangent (mask)")
+
+
+def test_bool_mask_and_constant_float_mask_need_no_gradient():
+    q, k, v = _qkv(1, 2, 7, 11, 16, seed=46)
+    for m in (_mask("bool", (1, 1, 7, 11), seed=47), _mask("float", (1, 1, 7, 11), seed=47)):
+        qq = q.clone().requires_grad_()
+        (dq,) = torch.autograd.grad(attention(qq, k, v, attn_mask=m).sum(), qq)
+        (ref,) = torch.autograd.grad(attention_reference(qq, k, v, attn_mask=m).sum(), qq)
+        _close64(dq, ref, f"dq ({m.dtype} mask)")
 
 
 # ---------------------------------------------------------------------- issue 17: NaN inputs
@@ -429,3 +565,16 @@ def test_value_check_is_not_traced_by_torch_compile():
     q = torch.randn(1, 2, 5, 8, generator=torch.Generator().manual_seed(3))
     compiled = torch.compile(lambda x: attention(x, x, x), backend="eager")
     torch.testing.assert_close(compiled(q), attention(q, q, q))
+
+
+def test_value_check_accepts_finite_values_whose_sum_overflows():
+    """The check sums each input first (a NaN or inf makes the sum non-finite); a sum that
+    overflows on finite values goes to the exact check, which lets them through."""
+    big = torch.full((1, 1, 4, 8), 3e38)
+    assert torch.isinf(big.sum())
+    small = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(4)) * 1e-3
+    assert attention(small, small, big).shape == (1, 1, 4, 8)
+    half = torch.full((1, 1, 4, 8), 6e4, dtype=torch.float16)  # an fp16 sum overflows at 65504
+    assert attention(half * 0, half * 0, half).shape == (1, 1, 4, 8)
+    with pytest.raises(ValueError, match="v must be finite"):
+        attention(small, small, torch.cat([big[..., :1, :] * 10, big[..., 1:, :]], dim=-2))

@@ -170,9 +170,10 @@ def test_auto_on_the_cpu_prefers_cpp_when_built(monkeypatch, built):
         assert _sgd(dtype)() == expected
         assert _adamw(dtype)() == expected
         assert resolve_backend("pgd_step", device="cpu", dtype=dtype) == expected
-    # no C++ kernels for these: the torch path, also under TRITON_INTERPRET=1
-    for op in ("attention", "sequence_nll"):
-        assert select_backend(op, "cpu") == "torch"
+    # no C++ kernels for these: attention takes PyTorch's fused CPU flash kernel ("sdpa"),
+    # sequence_nll the torch path, also under TRITON_INTERPRET=1
+    assert select_backend("attention", "cpu") == "sdpa"
+    assert select_backend("sequence_nll", "cpu") == "torch"
     assert select_backend("masked_sgd_step", "cpu") == expected
 
 
@@ -200,7 +201,8 @@ def test_auto_falls_back_where_the_forced_backend_raises():
     call = _attention(mask=True)
     with pytest.raises(BackendUnavailableError):
         call(backend="triton")
-    assert torch.equal(call(), call(backend="torch"))
+    torch.testing.assert_close(call(), call(backend="torch"))
+    assert torch.equal(call(), call(backend="sdpa"))
     assert _sgd(torch.float64)(backend="torch") == "torch"
 
 

@@ -6,22 +6,38 @@ math attention in the same precision (STYLE.md's rule), with a floor for exact b
 `measure(shape, device, repeats)` times forward, forward+backward and forward+JVP for every
 variant that supports the mode (an unsupported one gives a row with its error), in TFLOP/s
 counted as 4 B H Nq Nk D per forward (x 3.5 with the backward, x 3 with the JVP), and reports
-peak memory on CUDA. Shapes: (B, H, Nq, Nk, D).
+peak memory on CUDA. Shapes: (B, H, Nq, Nk, D). On the CPU the variants are trustfast's default
+(the fused CPU flash kernel, "sdpa", with its own blocks for the JVP), trustfast's torch blocks
+forced, SDPA's default and SDPA's math backend.
+
+`unet_training_step(repeats, threads)` times one training step (forward + backward of an MSE loss)
+of `trustfast.diffusion.tiny.tiny_unet` under diffusers' `AttnProcessor2_0` and under
+`FastAttnProcessor`, interleaved, at each intra-op thread count (goal on the CPU: FastAttnProcessor
+at >= 0.95x AttnProcessor2_0's speed).
 
 Registry interface: `checks` (key "attention_checks") and `timings` (key "attention_timings":
-`measure` per shape, then `jvp_over_forward`); on the CPU both use the small shapes, and the
-timings run in float32 (bf16 on CUDA).
+`measure` per shape, then `jvp_over_forward`, then on the CPU the tiny UNet training step); on the
+CPU both use the small shapes, and the timings run in float32 (bf16 on CUDA).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
 
 from trustfast._bench.judge import judge
 from trustfast._bench.registry import Section, shape_dtype_checks
-from trustfast._bench.timing import median_time, time_and_peak, unsupported
+from trustfast._bench.timing import (
+    intra_op_threads,
+    loadavg,
+    median_time,
+    time_and_peak,
+    unsupported,
+)
 from trustfast.ops.attention import attention, attention_reference
 
 # Stable Diffusion (batch 2 x 8 heads; self N = 4096 / 1024 / 256, cross 77 tokens) and DiT.
@@ -37,6 +53,10 @@ CHECK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MODES = ("forward", "forward+backward", "forward+jvp")
 FLOP_FACTOR = {"forward": 1.0, "forward+backward": 3.5, "forward+jvp": 3.0}
 OURS = "trustfast"
+OURS_BLOCKS = "trustfast torch blocks"  # the CPU's differentiable path, forced
+UNET_PROCESSORS = ("AttnProcessor2_0", "FastAttnProcessor")
+UNET_THREADS = (1, 2)
+UNET_GOAL = 0.95  # FastAttnProcessor's training-step speed over AttnProcessor2_0's, on the CPU
 
 
 def shape_name(shape) -> str:
@@ -118,6 +138,8 @@ def variants(device: torch.device, backend: str | None = None) -> dict[str, Call
         if xf is not None:
             out["xformers"] = xf
     else:
+        if backend is None:
+            out[OURS_BLOCKS] = lambda q, k, v: attention(q, k, v, backend="torch")
         out["SDPA default"] = _sdpa(None)
     for name, sdpa_backend in backends:
         out[name] = _sdpa(sdpa_backend)
@@ -183,6 +205,68 @@ def jvp_over_forward(shape, device: torch.device, repeats: int,
             "meets_goal": bool(jvp / fwd <= 2.5)}
 
 
+def unet_training_step(repeats: int = 10, threads=UNET_THREADS) -> list[dict]:
+    """One row per (processor, thread count): the median and the minimum ms of a tiny-UNet
+    training step (forward, MSE loss against a fixed target, backward into every parameter) on
+    the CPU, batch 2, 16 x 16 latents, 77 prompt tokens. The two processors alternate within each
+    repeat, so a load spike from other work hits both. FastAttnProcessor's row carries "speed vs
+    AttnProcessor2_0" (AttnProcessor2_0's median over its own), the same from the minima, and
+    whether the minima meet UNET_GOAL (other processes' load only ever adds time, so the minimum
+    is the steadier estimate on a shared machine; timeit's rule), and the median process CPU
+    time ("cpu ms": at one thread, the work itself, whatever the machine's load)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from trustfast.diffusion.attention import enable_fast_attention
+    from trustfast.diffusion.tiny import tiny_unet
+
+    unet = tiny_unet().train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    prompt = torch.randn(2, 77, 32, generator=gen)
+    target = torch.randn(2, 4, 16, 16, generator=gen)
+    timestep = torch.tensor([10, 500])
+    install = {"AttnProcessor2_0": lambda: unet.set_attn_processor(AttnProcessor2_0()),
+               "FastAttnProcessor": lambda: enable_fast_attention(unet)}
+
+    def step():
+        unet.zero_grad(set_to_none=True)
+        out = unet(x, timestep, encoder_hidden_states=prompt).sample
+        torch.nn.functional.mse_loss(out, target).backward()
+
+    rows = []
+    for n in threads:
+        samples = {name: [] for name in UNET_PROCESSORS}
+        cpu = {name: [] for name in UNET_PROCESSORS}
+        with intra_op_threads(n):
+            for name in UNET_PROCESSORS:  # warm-up: first-call allocations, kernel selection
+                install[name]()
+                step()
+            for _ in range(repeats):
+                for name in UNET_PROCESSORS:
+                    install[name]()
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    step()
+                    samples[name].append(time.perf_counter() - start)
+                    cpu[name].append(time.process_time() - start_cpu)
+        ms = {name: 1e3 * statistics.median(t) for name, t in samples.items()}
+        low = {name: 1e3 * min(t) for name, t in samples.items()}
+        cpu_ms = {name: 1e3 * statistics.median(t) for name, t in cpu.items()}
+        for name in UNET_PROCESSORS:
+            row = {"case": "tiny UNet training step", "variant": name, "threads": n,
+                   "ms": ms[name], "min ms": low[name], "cpu ms": cpu_ms[name],
+                   "repeats": repeats, "loadavg": loadavg()}
+            if name == "FastAttnProcessor":
+                ratio = low["AttnProcessor2_0"] / low[name]
+                row.update({"speed vs AttnProcessor2_0": ms["AttnProcessor2_0"] / ms[name],
+                            "speed vs AttnProcessor2_0 (min)": ratio,
+                            "speed vs AttnProcessor2_0 (cpu)": (cpu_ms["AttnProcessor2_0"]
+                                                                / cpu_ms[name]),
+                            "meets_goal": bool(ratio >= UNET_GOAL)})
+            rows.append(row)
+    unet.set_attn_processor(AttnProcessor2_0())
+    return rows
+
+
 def checks(device: torch.device, *, small: bool, backend: str = "triton") -> list[Section]:
     """`check` per shape and dtype (the small shapes on the CPU: the Triton interpreter)."""
     device = torch.device(device)
@@ -208,4 +292,10 @@ def timings(device: torch.device, repeats: int, *, small: bool, backend: str | N
                             lambda: jvp_over_forward(jvp_shape, device, min(repeats, 5), dtype,
                                                      backend=backend),
                             {"bench": "attention jvp"}))
+    if cpu:
+        no_diffusers = (None if importlib.util.find_spec("diffusers") is not None
+                        else "diffusers is not installed")
+        sections.append(Section("attention_timings", "tiny UNet training step",
+                                lambda: unet_training_step(max(3, min(repeats, 10))),
+                                {"bench": "attention unet training step"}, skip=no_diffusers))
     return sections

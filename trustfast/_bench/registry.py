@@ -34,6 +34,8 @@ BENCHES = {
     "sequence_nll": "sequence_nll vs logits + cross_entropy",
     "llm_memory": "one NPO unlearning step: peak memory measured vs the memory model",
     "watermark_attack": "the watermark attack, messages batched vs a per-message loop",
+    "frechet": "exact Frechet distance (eigh / low-rank) vs scipy sqrtm and torchmetrics",
+    "diffusion": "diffusion training and sampling throughput with each attention processor",
 }
 # What `trustfast bench` runs when no --ops is given: the masked-update ops.
 DEFAULT_BENCHES = ("masked_update",)

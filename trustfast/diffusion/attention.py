@@ -4,8 +4,12 @@
 group norm, q/k/v projections, norm_q / norm_k, cross-attention norm, mask preparation, output
 projection, residual, rescale) in the same order, with the attention call replaced by
 `trustfast.ops.attention` (O(N) memory, forward-mode AD, any head dim). Like `AttnProcessor2_0`
-it uses the default scale 1/sqrt(head_dim). `enable_fast_attention(model_or_pipeline)` installs
-it on every attention layer that runs `AttnProcessor` or `AttnProcessor2_0`.
+it uses the default scale 1/sqrt(head_dim), takes any head dim (the Stable Diffusion VAE's
+mid-block has one head of 512) and an `attention_mask` that requires grad (it gets one, as under
+SDPA). `enable_fast_attention(model_or_pipeline)` installs it on every attention layer that runs
+`AttnProcessor` or `AttnProcessor2_0`, each new processor remembering the one it replaced;
+`disable_fast_attention(model_or_pipeline)` puts those back, after which diffusers' own
+`set_default_attn_processor()` (which accepts only its own processor classes) works again.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ REPLACEABLE = ("AttnProcessor", "AttnProcessor2_0")
 
 
 class FastAttnProcessor:
-    """diffusers attention processor running `trustfast.ops.attention`."""
+    """diffusers attention processor running `trustfast.ops.attention`.
 
-    def __init__(self, block_size: int | None = None, backend: str | None = None):
-        self.block_size, self.backend = block_size, backend
+    `replaced` is the processor `enable_fast_attention` took out of the layer (None when the
+    processor was installed by hand): `disable_fast_attention` puts it back.
+    """
+
+    def __init__(self, block_size: int | None = None, backend: str | None = None,
+                 replaced: object | None = None):
+        self.block_size, self.backend, self.replaced = block_size, backend, replaced
 
     def __call__(self, attn, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
@@ -94,31 +103,57 @@ class Replacement:
         return f"replaced {self.replaced} attention processors (left as they were: {left})"
 
 
-def _modules(model_or_pipeline) -> list[nn.Module]:
+def _modules(model_or_pipeline, caller: str = "enable_fast_attention") -> list[nn.Module]:
     if isinstance(model_or_pipeline, nn.Module):
         return [model_or_pipeline]
     components = getattr(model_or_pipeline, "components", None)
     if isinstance(components, dict):
         return [c for c in components.values() if isinstance(c, nn.Module)]
-    raise TypeError("enable_fast_attention takes a diffusers model (nn.Module) or pipeline, got "
+    raise TypeError(f"{caller} takes a diffusers model (nn.Module) or pipeline, got "
                     f"{type(model_or_pipeline).__name__}")
+
+
+def _attention_layers(model_or_pipeline, caller: str):
+    from diffusers.models.attention_processor import Attention
+
+    for root in _modules(model_or_pipeline, caller):
+        for module in root.modules():
+            if isinstance(module, Attention):
+                yield module
 
 
 def enable_fast_attention(model_or_pipeline, block_size: int | None = None,
                           backend: str | None = None) -> Replacement:
     """Install `FastAttnProcessor` on every diffusers attention layer running `AttnProcessor` or
-    `AttnProcessor2_0` (others, e.g. added-KV or IP-adapter processors, are left and counted)."""
-    from diffusers.models.attention_processor import Attention
-
+    `AttnProcessor2_0` (others, e.g. added-KV or IP-adapter processors, are left and counted).
+    Each new processor records the one it replaced (`disable_fast_attention` restores it); run
+    again, it takes the new settings and keeps the first record."""
     result = Replacement()
-    for root in _modules(model_or_pipeline):
-        for module in root.modules():
-            if not isinstance(module, Attention):
-                continue
-            name = type(module.processor).__name__
-            if name in REPLACEABLE or isinstance(module.processor, FastAttnProcessor):
-                module.set_processor(FastAttnProcessor(block_size, backend))
-                result.replaced += 1
-            else:
-                result.skipped[name] = result.skipped.get(name, 0) + 1
+    for module in _attention_layers(model_or_pipeline, "enable_fast_attention"):
+        current = module.processor
+        name = type(current).__name__
+        if isinstance(current, FastAttnProcessor):
+            module.set_processor(FastAttnProcessor(block_size, backend, current.replaced))
+            result.replaced += 1
+        elif name in REPLACEABLE:
+            module.set_processor(FastAttnProcessor(block_size, backend, current))
+            result.replaced += 1
+        else:
+            result.skipped[name] = result.skipped.get(name, 0) + 1
     return result
+
+
+def disable_fast_attention(model_or_pipeline) -> int:
+    """Put back, on every attention layer running `FastAttnProcessor`, the processor that
+    `enable_fast_attention` replaced there (diffusers' `AttnProcessor2_0` where it was installed
+    by hand), so diffusers' class checks (`set_default_attn_processor`, ...) accept the model
+    again. Returns the number of layers restored."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    restored = 0
+    for module in _attention_layers(model_or_pipeline, "disable_fast_attention"):
+        if isinstance(module.processor, FastAttnProcessor):
+            previous = module.processor.replaced
+            module.set_processor(AttnProcessor2_0() if previous is None else previous)
+            restored += 1
+    return restored

@@ -5,12 +5,12 @@ checks over the facts of a call (device, dtype, has_mask, head_dim, ...), the wa
 attention dispatch registers its backends. One resolver, `resolve_backend(op, backend, **facts)`,
 decides for every op:
 
-  - forced (the op's `backend=` argument, else TRUSTFAST_BACKEND=torch|triton|cpp): that
+  - forced (the op's `backend=` argument, else TRUSTFAST_BACKEND=torch|triton|cpp|sdpa): that
     backend when every one of its constraints passes, else `BackendUnavailableError` naming the
     op, the backend and the failed constraint's reason. A forced backend never falls back.
-  - auto: the device's preference (CUDA -> triton; CPU -> cpp, the C++ extension `trustfast._C`;
-    anything else -> torch), used when the op implements it and its constraints pass, else the
-    torch reference.
+  - auto: the device's preference (CUDA -> triton; CPU -> cpp, the C++ extension `trustfast._C`,
+    then sdpa, PyTorch's own fused kernel where an op has one; anything else -> torch), used when
+    the op implements it and its constraints pass, else the torch reference.
 
 Every backend carries its platform's constraints (triton: the package is installed and the tensors
 are on CUDA, or on the CPU under TRITON_INTERPRET=1, as in the test suite; cpp: CPU tensors and
@@ -31,10 +31,10 @@ import torch
 
 from trustfast._ext import cpp_extension, cpp_extension_error
 
-BACKENDS = ("torch", "triton", "cpp")
+BACKENDS = ("torch", "triton", "cpp", "sdpa")
 ENV_VAR = "TRUSTFAST_BACKEND"
 # Auto mode's preference per device type; the torch reference closes every list.
-AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpp", "torch")}
+AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpp", "sdpa", "torch")}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -165,6 +165,13 @@ def _cpp_device(facts):
     return f"the C++ kernels run on CPU tensors, got a {device.type} tensor"
 
 
+def _cpu_device(facts):
+    device = facts["device"]
+    if device.type == "cpu":
+        return None
+    return f"PyTorch's fused CPU kernels run on CPU tensors, got a {device.type} tensor"
+
+
 def _cpp_built(facts):
     return None if cpp_available() else f"trustfast._C is not built ({cpp_extension_error()})"
 
@@ -176,6 +183,7 @@ PLATFORM: dict[str, tuple[Constraint, ...]] = {
                           "device CUDA (or CPU under TRITON_INTERPRET=1)")),
     "cpp": (Constraint("device", _cpp_device, ("device",), "device CPU"),
             Constraint("built", _cpp_built, (), "trustfast._C built")),
+    "sdpa": (Constraint("device", _cpu_device, ("device",), "device CPU"),),
 }
 
 
