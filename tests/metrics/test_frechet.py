@@ -11,26 +11,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import linalg
 
+# pytorch-fid's calculate_frechet_distance ported as the oracle (one copy, shared with the
+# benchmark): scipy's sqrtm of sigma1 @ sigma2, its eps offset when not finite, the real part
+from trustfast._bench.frechet import pytorch_fid_distance
 from trustfast.metrics import (
     feature_statistics,
     frechet_distance,
     frechet_distance_from_features,
     trace_sqrt_product,
 )
-
-
-def pytorch_fid_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """pytorch-fid's calculate_frechet_distance, as a formula (numpy float64)."""
-    diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def gaussian(d: int, seed: int, low: float = 0.5, high: float = 2.0):

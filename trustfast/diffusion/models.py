@@ -150,7 +150,9 @@ def load_unet(path: str | os.PathLike, device: torch.device | str | None = None)
 
     cls = getattr(diffusers, name)
     try:
-        model = cls.from_pretrained(path, local_files_only=True)
+        # low_cpu_mem_usage needs accelerate, which is no dependency: without it diffusers
+        # falls back to False anyway, after printing advice to install it
+        model = cls.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot load a {name} from {path!r}: {exc}") from None
     if device is not None:

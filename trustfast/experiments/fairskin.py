@@ -25,6 +25,7 @@ training set: accuracy, worst-group accuracy, accuracy gap, equal-opportunity di
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -286,6 +287,18 @@ def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result
     c = split.num_classes
     real_feats = extract_features(extractor, split.test.images.to(device))
     cells = split.test.groups * c + split.test.labels
+    # a covariance needs two images: a tone with fewer held-out images gets no distance (a
+    # user's data may hold one or two images of a rare tone)
+    held_out = split.test.groups.bincount(minlength=split.num_groups)
+    measurable = [g for g in range(split.num_groups) if held_out[g] >= 2]
+    if not measurable:
+        raise ConfigError("test_fraction", f"leaves no tone with 2 held-out images (held-out "
+                                           f"images per tone: {held_out.tolist()})")
+    skipped = [split.train.group_names[g] for g in range(split.num_groups)
+               if g not in measurable]
+    if skipped:
+        warnings.warn(f"fairskin: tones {skipped} have fewer than 2 held-out images: no "
+                      f"Fréchet distance for them", stacklevel=2)
     rows, samples = [], {}
     for i, name in enumerate(MODELS):
         model = trained["models"][name]
@@ -296,7 +309,8 @@ def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result
         key = f"generation/{name}"
         if key not in store:
             fake = extract_features(extractor, images.to(device))
-            fd = frechet_by_group(real_feats, split.test.groups, fake, cells // c)
+            fd = frechet_by_group(real_feats, split.test.groups, fake, cells // c,
+                                  groups=measurable)
             store.put(key, _generation_row(name, fd, metric, split.train.group_names))
         rows.append(store[key])
 
@@ -331,7 +345,7 @@ def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result
             store.put(key, _classifier_row(training, clf, split.test, device, len(data)))
         rows.append(store[key])
     provenance = {"data": {"train": repr(split.train), "test": repr(split.test)},
-                  "metric": metric,
+                  "metric": metric, "tones_without_distance": skipped,
                   "synthetic_per_cell": needed.tolist(),
                   "history": {name: trained["losses"][name] for name in MODELS}}
     _save_grid(out, samples, split)
