@@ -169,7 +169,7 @@ def _cpu_device(facts):
     device = facts["device"]
     if device.type == "cpu":
         return None
-    return f"PyTorch's fused CPU kernels run on CPU tensors, got a {device.type} tensor"
+    return f"PyTorch's fused CPU kernel runs on CPU tensors, got a {device.type} tensor"
 
 
 def _cpp_built(facts):
