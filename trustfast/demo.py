@@ -31,6 +31,13 @@ DEMO: list[tuple[str, dict]] = [
     # for 40 epochs reached 0.82 / 0.86 accuracy (seeds 0 / 1)
     ("fairskin", {"train_size": 1200, "test_per_group": 40, "sample_steps": 10,
                   "train": {"max_steps": 300}, "classifier": {"lr": 0.01, "epochs": 40}}),
+    # the clean and a BadNets-poisoned (p = 0.1) tiny UNet at the digits' native 8 px, 300
+    # steps each (the claims need 1000: tests/diffusion/test_diffusion_backdoor_claims.py):
+    # the audit, the diffusion classifier on 30 + 30 images, the defences
+    ("diffusion-backdoor", {"triggers": ["badnets"], "ratios": [0.0, 0.1], "image_size": 8,
+                            "patch_size": 2, "train": {"max_steps": 300},
+                            "samples_per_class": 10, "dc_test_size": 30, "dc_draws": 4,
+                            "classifier": {"epochs": 10}, "identify": ["spc"]}),
     ("llm-unlearn", {"methods": ["npo", "simnpo"]}),
     # 100 pairs and 10 PGD steps keep the section near two minutes on one CPU thread
     ("watermark-attack", {"pairs_count": 100, "steps": 10}),

@@ -85,6 +85,15 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
                                "real + fairskin synthetic, level-3 weights"}
     assert classifier["real"]["accuracy"] > 0.4  # 5 diseases: chance is about 0.2
     assert all(r["worst_group_accuracy"] <= r["accuracy"] for r in classifier.values())
+    backdoored = {r["poison_ratio"]: r for r in section["diffusion-backdoor"]}
+    assert set(backdoored) == {0.0, 0.1}
+    assert backdoored[0.1]["target_share"] == pytest.approx(0.5)
+    assert backdoored[0.1]["n_poisoned"] == int(0.1 * backdoored[0.1]["n_train"])
+    for r in backdoored.values():
+        shares = [r[f"G{g}_share"] for g in (1, 2, 3, 4)]
+        assert sum(shares) == pytest.approx(1.0)
+        assert r["misalignment"] == pytest.approx(shares[0] + shares[2])
+        assert 0.0 <= r["dc_acc"] <= 1.0 and r["FD_cnn"] >= 0
     llm = {r["method"]: r for r in section["llm-unlearn"]}
     assert llm["original"]["forget_EM"] == 1.0
     assert llm["simnpo"]["forget_EM"] <= 0.2 and llm["simnpo"]["retain_EM"] >= 0.8
@@ -99,6 +108,8 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
                  "unlearn/unlearn.png", "backdoor-identify/identify.png",
                  "llm-unlearn/llm_unlearning.png", "fairskin/samples.png",
                  "fairskin/fd_by_group.png", "fairskin/accuracy_by_group.png",
+                 "diffusion-backdoor/groups.png",
+                 "diffusion-backdoor/trigger_ratio_badnets.png",
                  "watermark-attack/watermark_attack.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     for name in section:  # every experiment wrote its own results

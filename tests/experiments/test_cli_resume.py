@@ -44,6 +44,11 @@ CASES = {
          "--set", "cleaning.cg_iters=5", "--set", "cleaning.n_val=50"), ("seconds",), False),
     "diffusion-attention": Case(
         ("--steps", "1", "--set", "batch=1", "--set", "prompt_tokens=7"), ("seconds",), False),
+    "diffusion-backdoor": Case(
+        ("--steps", "4", "--ratios", "0,0.1", "--triggers", "badnets", "--set", "image_size=8",
+         "--set", "patch_size=2", "--set", "samples_per_class=2", "--set", "dc_test_size=3",
+         "--set", "dc_draws=2", "--set", "classifier.epochs=1", "--set", "identify=spc",
+         "--set", "train.batch_size=8", "--set", "train.checkpoint_every=2"), (), True),
     "fairskin": Case(
         ("--steps", "6", "--set", "train_size=120", "--set", "test_per_group=3",
          "--set", "sample_steps=2", "--set", "classifier.epochs=1", "--set", "image_size=8",

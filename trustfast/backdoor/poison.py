@@ -471,10 +471,10 @@ def _check_ratio(ratio: float, target: int, labels: torch.Tensor) -> tuple[float
     return ratio, _check_target(target, labels)
 
 
-def _check_attack(attack) -> None:
+def _check_attack(attack, name: str = "attack") -> None:
     if not isinstance(attack, Trigger):
-        raise TypeError(f"attack must be a trustfast.backdoor Trigger, got "
-                        f"{type(attack).__name__}")
+        raise TypeError(f"{name} must be a trustfast.backdoor Trigger (BadNets, Blend, ...), "
+                        f"got {type(attack).__name__}")
 
 
 def poison(dataset: Dataset, attack: Trigger, ratio: float = 0.1, target: int = 0,

@@ -14,6 +14,7 @@ from trustfast.experiments import (  # noqa: F401  (each module registers its ex
     backdoor,
     bilevel,
     diffusion_attention,
+    diffusion_backdoor,
     fairskin,
     llm,
     robustness,

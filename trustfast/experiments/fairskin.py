@@ -228,20 +228,6 @@ def generate_cells(model, cells: torch.Tensor, cfg: FairSkinExperimentConfig,
                     scheduler="ddim", seed=seed, train_config=cfg.train).cpu()
 
 
-def _cached_images(out: str | None, name: str, resume: bool, make) -> torch.Tensor:
-    """`make()`'s images, saved in out/<name>.safetensors and reused by a resumed run."""
-    from trustfast.checkpoint import load_checkpoint, save_checkpoint
-
-    if out and resume:
-        saved = load_checkpoint(out, name)
-        if saved is not None:
-            return saved[0]["images"]
-    images = make()
-    if out:
-        save_checkpoint(out, name, {"images": images}, {"images": list(images.shape)})
-    return images
-
-
 def _generation_row(name: str, fd: dict[int, float], metric: str, group_names) -> dict:
     values = [fd[g] for g in sorted(fd)]
     row = {"stage": "generation", "model": name, "metric": metric}
@@ -273,7 +259,7 @@ def _classifier_row(training: str, model, test, device, num_train: int) -> dict:
 def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result:
     from trustfast.data.skin import SkinDataset
     from trustfast.diffusion.fairskin import cells_to_generate, mix_real_synthetic
-    from trustfast.experiments.runner import RowStore
+    from trustfast.experiments.runner import RowStore, cached_tensor
     from trustfast.metrics import extract_features, frechet_by_group
     from trustfast.models import build_model
     from trustfast.models.fit import fit_classifier
@@ -302,7 +288,7 @@ def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result
     rows, samples = [], {}
     for i, name in enumerate(MODELS):
         model = trained["models"][name]
-        images = _cached_images(out, f"samples_{name}", resume,
+        images = cached_tensor(out, f"samples_{name}", resume,
                                 lambda m=model, s=cfg.seed + 101 * (i + 1):
                                 generate_cells(m, cells, cfg, seed=s))
         samples[name] = images
@@ -323,7 +309,7 @@ def run(cfg: FairSkinExperimentConfig, out: str, resume: bool = False) -> Result
     need_cells = need_groups * c + need_labels
     sets = {"real": (split.train, None)}
     for i, name in enumerate(MODELS):
-        pool = _cached_images(out, f"augment_{name}", resume,
+        pool = cached_tensor(out, f"augment_{name}", resume,
                               lambda m=trained["models"][name], s=cfg.seed + 997 * (i + 1):
                               generate_cells(m, need_cells, cfg, seed=s))
         synthetic = SkinDataset(pool, need_labels, need_groups, split.train.class_names,

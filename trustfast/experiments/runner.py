@@ -252,3 +252,19 @@ class RowStore:
         self.rows[key] = row
         save_json(self.path, {"rows": self.rows})
         return row
+
+
+def cached_tensor(out: str | None, name: str, resume: bool, make) -> torch.Tensor:
+    """`make()`'s tensor, saved as out/<name>.safetensors and reused by a resumed run (no out:
+    computed, not saved): generated images, which take minutes."""
+    from trustfast.checkpoint import load_checkpoint, save_checkpoint
+
+    if out and resume:
+        saved = load_checkpoint(out, name)
+        if saved is not None:
+            return saved[0]["images"]
+    images = make()
+    if out:
+        save_checkpoint(out, name, {"images": images.contiguous()},
+                        {"images": list(images.shape)})
+    return images
