@@ -178,7 +178,9 @@ def _accuracy(model, images, labels, device) -> float:
     return accuracy(model, images.to(device), labels.to(device)) / 100.0
 
 
-def _detector(cfg, name: str, trigger, train_images, out, resume):
+def _detector(cfg: DiffusionBackdoorConfig, trigger, train_images):
+    """The trigger detector of `cfg.detector`: the exact template, or a CNN trained on the
+    clean training images (half of them stamped), which is seeded and cheap to retrain."""
     from trustfast.diffusion.backdoor import TemplateDetector, train_trigger_detector
 
     if cfg.detector == "template":
@@ -246,6 +248,8 @@ def run(cfg: DiffusionBackdoorConfig, out: str, resume: bool = False, *, train=N
         raise ConfigError("image_size", f"is {cfg.image_size}, but the data's images are "
                                         f"{tuple(images.shape[-2:])}")
     channels = images.shape[1]
+    if cfg.unet not in ("tiny", "small"):
+        _unet(cfg, k, channels, "cpu")  # a user's folder that does not fit fails before training
     store = RowStore(out, resume)
     train_cfg = replace(cfg.train, seed=cfg.seed)
     judge = _classifier(cfg, out, resume, "clean", images, labels, k, device)
@@ -292,7 +296,7 @@ def run(cfg: DiffusionBackdoorConfig, out: str, resume: bool = False, *, train=N
 
     for trigger_name in cfg.triggers:
         trigger = make_trigger(trigger_name, cfg)
-        detector = _detector(cfg, trigger_name, trigger, images, out, resume)
+        detector = _detector(cfg, trigger, images)
         trig_x, trig_y = triggered_test_set(data.test, trigger, cfg.target)
         trig_x, trig_y = trig_x[:cfg.dc_test_size], trig_y[:cfg.dc_test_size]
         for ratio in cfg.ratios:
