@@ -36,8 +36,8 @@ DEMO: list[tuple[str, dict]] = [
     # the audit, the diffusion classifier on 30 + 30 images, the defences
     ("diffusion-backdoor", {"triggers": ["badnets"], "ratios": [0.0, 0.1], "image_size": 8,
                             "patch_size": 2, "train": {"max_steps": 300},
-                            "samples_per_class": 10, "dc_test_size": 30, "dc_draws": 4,
-                            "classifier": {"epochs": 10}, "identify": ["spc"]}),
+                            "samples_per_class": 20, "dc_test_size": 30, "dc_draws": 4,
+                            "identify": ["spc"]}),
     ("llm-unlearn", {"methods": ["npo", "simnpo"]}),
     # 100 pairs and 10 PGD steps keep the section near two minutes on one CPU thread
     ("watermark-attack", {"pairs_count": 100, "steps": 10}),

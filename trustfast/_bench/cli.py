@@ -84,7 +84,7 @@ def _size(r: dict) -> str:
 
 def _rate(r: dict) -> str:
     for key, unit in (("GB/s", "GB/s"), ("TFLOP/s", "TFLOP/s"), ("tokens_per_s", "tok/s"),
-                      ("examples/s", "ex/s")):
+                      ("examples/s", "ex/s"), ("images/s", "img/s")):
         if key in r:
             return f"{r[key]:.4g} {unit}"
     return ""

@@ -36,6 +36,7 @@ BENCHES = {
     "watermark_attack": "the watermark attack, messages batched vs a per-message loop",
     "frechet": "exact Frechet distance (eigh / low-rank) vs scipy sqrtm and torchmetrics",
     "diffusion": "diffusion training and sampling throughput with each attention processor",
+    "diffusion_classifier": "DiffusionClassifier batched vs per-class loop, adaptive vs exhaustive",
 }
 # What `trustfast bench` runs when no --ops is given: the masked-update ops.
 DEFAULT_BENCHES = ("masked_update",)
