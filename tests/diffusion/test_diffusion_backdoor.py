@@ -341,7 +341,7 @@ def reference_draw_errors(clf: DiffusionClassifier, images: torch.Tensor) -> tor
 def test_batched_errors_equal_per_class_loop(model, schedulers, prediction_type, weighting,
                                              trim):
     images = rand_images(5, seed=1)
-    clf = DiffusionClassifier(model, K, scheduler=schedulers[prediction_type], draws=3,
+    clf = DiffusionClassifier(model, schedulers[prediction_type], K, draws=3,
                               weighting=weighting, trim=trim, batch_size=7, seed=2)
     batched = clf.errors(images)
     assert clf.stats.evaluations == 5 * 3 * K
@@ -375,7 +375,7 @@ def test_errors_independent_of_batching(model, weighting):
 ])
 def test_errors_match_reference_eval_fn2(model, schedulers, prediction_type, weighting, trim):
     images = rand_images(3, seed=4)
-    clf = DiffusionClassifier(model, K, scheduler=schedulers[prediction_type], draws=4,
+    clf = DiffusionClassifier(model, schedulers[prediction_type], K, draws=4,
                               weighting=weighting, trim=trim, seed=5)
     reference = reference_draw_errors(clf, images).mean(1)
     ours = clf.errors(images).double()
@@ -513,7 +513,7 @@ def test_label_unet_refusals(model):
     with pytest.raises(TypeError, match="model"):
         DiffusionClassifier(nn.Linear(2, 2), K)
     with pytest.raises(TypeError, match="scheduler"):
-        DiffusionClassifier(model, K, scheduler="ddpm")
+        DiffusionClassifier(model, "ddpm", K)
     with pytest.raises(ValueError, match="images"):
         DiffusionClassifier(model, K).errors(rand_images(2) * 2)
     with pytest.raises(TypeError, match="classifier"):
@@ -541,3 +541,15 @@ def test_errors_by_trim_shares_the_forwards(model):
                       ([True], TypeError)):
         with pytest.raises(kind, match="trims"):
             clf.errors_by_trim(images, bad)
+
+
+def test_the_issue_signature_and_the_scheduler_left_out(model):
+    """DiffusionClassifier(model, scheduler, num_classes, draws) as the issue writes it, and
+    DiffusionClassifier(model, K) with DDPM's default schedule, give the same errors."""
+    x = rand_images(3, seed=5)
+    full = DiffusionClassifier(model, noise_scheduler(), K, 3).errors(x)
+    short = DiffusionClassifier(model, K, draws=3).errors(x)
+    named = DiffusionClassifier(model, num_classes=K, draws=3).errors(x)
+    assert torch.equal(full, short) and torch.equal(full, named)
+    with pytest.raises(TypeError, match="num_classes"):
+        DiffusionClassifier(model, noise_scheduler())

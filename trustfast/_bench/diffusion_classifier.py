@@ -308,7 +308,7 @@ def adaptive_accuracy(*, model_path: str | None = None, steps: int = 1500, image
     order = [None, *[s for s in schedules if s is not None]]
     rows, base = [], None
     for schedule in order:
-        clf = DiffusionClassifier(model, NUM_CLASSES, scheduler=scheduler, draws=draws,
+        clf = DiffusionClassifier(model, scheduler, NUM_CLASSES, draws=draws,
                                   adaptive=schedule, batch_size=batch_size, seed=seed)
         t0 = time.perf_counter()
         pred = clf.predict(x, progress=progress)

@@ -346,6 +346,10 @@ class DiffusionClassifier:
     nearest DDPM timestep by sigma_t = sqrt((1 - abar_t) / abar_t) and EDM's loss weight on
     the x0 error, which on the noise error is w = (sigma_t^2 + sigma_data^2) / sigma_data^2.
 
+    `scheduler` is the training run's noise schedule (a diffusers DDPM-style scheduler with
+    `alphas_cumprod`; default `noise_scheduler()`, DDPM's linear betas), and it may be left out:
+    `DiffusionClassifier(model, 10)` reads the 10 as num_classes.
+
     Every (image, draw, class) triple is one model evaluation; `batch_size` triples (default
     64 on the CPU, 2048 on a GPU) go through one forward (all classes x draws batched, chunked
     to that budget). `adaptive` = ((d_1, k_1), (d_2, k_2), ...) runs successive elimination:
@@ -355,8 +359,8 @@ class DiffusionClassifier:
     ((draws // 4, max(2, K // 5)),): on 10 classes, 32 draws cost 128 evaluations instead of 320.
     """
 
-    def __init__(self, model, num_classes: int, *, scheduler=None, draws: int = 32,
-                 weighting: str = "uniform", trim: float | None = None,
+    def __init__(self, model, scheduler=None, num_classes: int | None = None, draws: int = 32,
+                 *, weighting: str = "uniform", trim: float | None = None,
                  adaptive=None, batch_size: int | None = None, seed: int = 0,
                  class_conditions: torch.Tensor | None = None,
                  prediction_type: str | None = None, p_mean: float = -1.2, p_std: float = 1.2,
@@ -369,6 +373,12 @@ class DiffusionClassifier:
             raise TypeError("model must be a diffusers UNet2DModel or UNet2DConditionModel, got "
                             f"{type(model).__name__}")
         self.model = model
+        if num_classes is None and isinstance(scheduler, int) and not isinstance(scheduler, bool):
+            # DiffusionClassifier(model, K, ...): the scheduler left out (DDPM's defaults)
+            scheduler, num_classes = None, scheduler
+        if num_classes is None:
+            raise TypeError("num_classes must be given: DiffusionClassifier(model, scheduler, "
+                            "num_classes) or DiffusionClassifier(model, num_classes=K)")
         self.num_classes = check_count("num_classes", num_classes, low=2)
         self.token = isinstance(model, UNet2DConditionModel)
         if self.token:

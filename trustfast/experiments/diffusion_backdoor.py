@@ -281,7 +281,7 @@ def run(cfg: DiffusionBackdoorConfig, out: str, resume: bool = False, *, train=N
         """{None: errors, trim: errors} of the diffusion classifier on `inputs` (cached)."""
         cache = f"{key}/{name}"
         if cache not in dc_cache:
-            dc = DiffusionClassifier(model, k, scheduler=noise_scheduler(train_cfg),
+            dc = DiffusionClassifier(model, noise_scheduler(train_cfg), k,
                                      draws=cfg.dc_draws, weighting=cfg.dc_weighting,
                                      seed=cfg.seed, adaptive=cfg.dc_adaptive)
             if cfg.dc_adaptive is None:
