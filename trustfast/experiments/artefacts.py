@@ -138,3 +138,32 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def experiment_unet(spec: str, num_labels: int, *, image_size: int, channels: int, seed: int,
+                    device, labels: str = "class"):
+    """The conditional UNet of a diffusion experiment's `unet` key: a trustfast preset ("tiny",
+    "small": `label_unet`, seeded) or the user's local UNet2DModel folder, which must have one
+    class embedding per label plus the null label and take the data's images (a ConfigError
+    naming `unet` or `image_size` otherwise). `labels` says what a label is, for the message."""
+    from trustfast.diffusion.models import label_unet, load_unet, null_label
+
+    if spec in ("tiny", "small"):
+        return label_unet(num_labels, preset=spec, sample_size=image_size,
+                          in_channels=channels, seed=seed).to(device)
+    try:
+        model = load_unet(spec)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("unet", f"must be a local diffusers UNet2DModel folder: {exc}") from None
+    if type(model).__name__ != "UNet2DModel" or null_label(model) != num_labels:
+        raise ConfigError("unet", f"must be a UNet2DModel with num_class_embeds = "
+                                  f"{num_labels + 1} (one per {labels} plus the null label), "
+                                  f"got {type(model).__name__} with "
+                                  f"{getattr(model.config, 'num_class_embeds', None)}")
+    if model.config.sample_size != image_size:
+        raise ConfigError("image_size", f"must be the UNet's sample_size "
+                                        f"({model.config.sample_size}), got {image_size}")
+    if model.config.in_channels != channels:
+        raise ConfigError("unet", f"must take {channels}-channel images (the data's), got "
+                                  f"in_channels {model.config.in_channels}")
+    return model.to(device)

@@ -128,26 +128,10 @@ def _model_key(trigger: str, ratio: float) -> str:
 
 
 def _unet(cfg: DiffusionBackdoorConfig, num_classes: int, channels: int, device):
-    from trustfast.diffusion.models import label_unet, load_unet, null_label
+    from trustfast.experiments.artefacts import experiment_unet
 
-    if cfg.unet in ("tiny", "small"):
-        return label_unet(num_classes, preset=cfg.unet, sample_size=cfg.image_size,
-                          in_channels=channels, seed=cfg.seed).to(device)
-    try:
-        model = load_unet(cfg.unet)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("unet", f"must be a local diffusers UNet2DModel folder: {exc}") from None
-    if type(model).__name__ != "UNet2DModel" or null_label(model) != num_classes:
-        raise ConfigError("unet", f"must be a UNet2DModel with num_class_embeds = "
-                                  f"{num_classes + 1} (one per class plus the null label), got "
-                                  f"{type(model).__name__} with "
-                                  f"{getattr(model.config, 'num_class_embeds', None)}")
-    if model.config.sample_size != cfg.image_size or model.config.in_channels != channels:
-        raise ConfigError("unet", f"must take {channels} x {cfg.image_size} x {cfg.image_size} "
-                                  f"images (the data's), got in_channels "
-                                  f"{model.config.in_channels}, sample_size "
-                                  f"{model.config.sample_size}")
-    return model.to(device)
+    return experiment_unet(cfg.unet, num_classes, image_size=cfg.image_size, channels=channels,
+                           seed=cfg.seed, device=device)
 
 
 def _classifier(cfg, out, resume, name: str, images, labels, num_classes, device):

@@ -173,24 +173,10 @@ def _extractor(cfg: FairSkinExperimentConfig, split: SkinSplit, device: torch.de
 
 
 def _unet(cfg: FairSkinExperimentConfig, num_labels: int, device: torch.device):
-    from trustfast.diffusion.models import label_unet, load_unet, null_label
+    from trustfast.experiments.artefacts import experiment_unet
 
-    if cfg.unet in ("tiny", "small"):
-        return label_unet(num_labels, preset=cfg.unet, sample_size=cfg.image_size,
-                          seed=cfg.seed).to(device)
-    try:
-        model = load_unet(cfg.unet)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("unet", f"must be a local diffusers UNet2DModel folder: {exc}") from None
-    if type(model).__name__ != "UNet2DModel" or null_label(model) != num_labels:
-        raise ConfigError("unet", f"must be a UNet2DModel with num_class_embeds = {num_labels + 1}"
-                                  f" (one per (tone, disease) cell plus the null label), got "
-                                  f"{type(model).__name__} with "
-                                  f"{getattr(model.config, 'num_class_embeds', None)}")
-    if model.config.sample_size != cfg.image_size:
-        raise ConfigError("image_size", f"must be the UNet's sample_size "
-                                        f"({model.config.sample_size}), got {cfg.image_size}")
-    return model.to(device)
+    return experiment_unet(cfg.unet, num_labels, image_size=cfg.image_size, channels=3,
+                           seed=cfg.seed, device=device, labels="(tone, disease) cell")
 
 
 def train_models(cfg: FairSkinExperimentConfig, split: SkinSplit, out: str | None,
